@@ -1,0 +1,172 @@
+"""Typed, validated parameters: one pydantic model per ``params.yaml`` section.
+
+``load_params`` is the only way stages and the CLI read parameters, so a bad value fails
+before any compute with a message naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dcm.world.render import WorldConfig
+
+
+class ParamsError(ValueError):
+    """A parameter that is missing, mistyped or out of range."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WorldParams(_Section):
+    """The toy world (``dcm.world``): video shape and motion."""
+
+    frames: int = Field(8, ge=4, le=64, description="frames per video")
+    size: int = Field(32, ge=16, le=256, description="frame height and width in pixels")
+    object_radius: float = Field(4.0, gt=1.0, description="object radius (px) for a circle; others equal-area")
+    speed_min: float = Field(1.0, gt=0.0, description="slowest speed, px per frame")
+    speed_max: float = Field(2.0, gt=0.0, description="fastest speed, px per frame")
+    texture_period: int = Field(4, ge=2, le=16, description="period of stripes and checker, px")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WorldParams:
+        if self.speed_max < self.speed_min:
+            raise ValueError(f"speed_max ({self.speed_max}) must be >= speed_min ({self.speed_min})")
+        if self.texture_period % 2:
+            raise ValueError(f"texture_period ({self.texture_period}) must be even")
+        self.to_config().check()
+        return self
+
+    def to_config(self) -> WorldConfig:
+        return WorldConfig(**self.model_dump())
+
+
+class FlowParams(_Section):
+    """The flow-matching grid shared by the teacher and every student (``dcm.flow``)."""
+
+    shift: float = Field(3.0, ge=1.0, le=50.0, description="sigma shift s(u) = shift*u/(1+(shift-1)*u)")
+    steps: int = Field(50, ge=2, le=1000, description="teacher Euler steps N; grid indices 0 (clean) .. N (noise)")
+
+
+class TinyModelParams(_Section):
+    """The tiny teacher: a diffusers WanTransformer3DModel and a small frozen UMT5 encoder."""
+
+    patch_size: tuple[int, int, int] = (2, 4, 4)
+    num_layers: int = Field(4, ge=1, le=48)
+    num_attention_heads: int = Field(4, ge=1)
+    attention_head_dim: int = Field(32, ge=8)
+    ffn_dim: int = Field(512, ge=8)
+    freq_dim: int = Field(64, ge=8)
+    text_dim: int = Field(64, ge=8, description="width of the text encoder")
+    text_layers: int = Field(2, ge=1)
+    text_heads: int = Field(2, ge=1)
+    text_max_length: int = Field(16, ge=10, description="tokens per prompt (toy prompts have 9 words)")
+    text_seed: int = Field(0, description="seed of the frozen random text encoder")
+
+
+class ModelParams(_Section):
+    backbone: Literal["tiny"] = "tiny"
+    tiny: TinyModelParams = TinyModelParams()
+
+
+class TeacherParams(_Section):
+    """Teacher training by flow matching (``dcm.teacher``)."""
+
+    steps: int = Field(5000, ge=1, description="optimizer steps")
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0.0, le=1.0, description="peak learning rate (AdamW)")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine floor as a fraction of lr")
+    warmup_steps: int = Field(250, ge=0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    caption_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="share of empty prompts, for CFG")
+    timestep_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = Field(1.0, gt=0.0)
+    checkpoint_every: int = Field(250, ge=1)
+    eval_every: int = Field(500, ge=1, description="steps between accuracy checks while training")
+    eval_prompts: int = Field(16, ge=1, description="videos per accuracy check")
+    eval_sample_steps: int = Field(20, ge=2, description="Euler steps of the accuracy check's sampler")
+    eval_guidance_scale: float = Field(3.0, ge=1.0, le=20.0, description="CFG scale of the accuracy check")
+    seed: int = 0
+
+
+class TeacherEvalParams(_Section):
+    """Held-out evaluation of the trained teacher (``stages/teacher_eval.py``)."""
+
+    videos: int = Field(64, ge=1, description="prompts x held-out seeds to sample")
+    guidance_scale: float = Field(3.0, ge=1.0, le=20.0, description="classifier-free guidance scale")
+    batch_size: int = Field(16, ge=1)
+    seed: int = 0
+
+
+class TrackingParams(_Section):
+    experiment: str = Field("dcm", min_length=1, description="MLflow experiment name")
+
+
+class Params(_Section):
+    """Everything in ``params.yaml``."""
+
+    boundary: int = Field(35, ge=1, description="grid index splitting the semantic (noise side) and detail experts")
+    world: WorldParams = WorldParams()
+    flow: FlowParams = FlowParams()
+    model: ModelParams = ModelParams()
+    teacher: TeacherParams = TeacherParams()
+    teacher_eval: TeacherEvalParams = TeacherEvalParams()
+    tracking: TrackingParams = TrackingParams()
+
+    @model_validator(mode="after")
+    def _boundary_on_grid(self) -> Params:
+        if not 1 <= self.boundary <= self.flow.steps - 1:
+            raise ValueError(
+                f"boundary = {self.boundary} must be a grid index in [1, {self.flow.steps - 1}] "
+                f"(flow.steps = {self.flow.steps}; 0 is the clean end, {self.flow.steps} the noise end)"
+            )
+        return self
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys (``teacher.lr``) for MLflow."""
+        return dict(_flatten(self.model_dump()))
+
+
+def _flatten(tree: dict[str, Any], prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid parameters in {source}:"]
+    for item in err.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        value = item.get("input")
+        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        lines.append(f"  {key}{shown}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_params(data: dict[str, Any] | None, source: str = "params") -> Params:
+    try:
+        return Params.model_validate(data or {})
+    except ValidationError as err:
+        raise ParamsError(_format_error(err, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"parameter file {path} does not exist")
+    with path.open() as fh:
+        data = yaml.safe_load(fh)
+    if data is not None and not isinstance(data, dict):
+        raise ParamsError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    return parse_params(data, str(path))

@@ -1,0 +1,136 @@
+"""The tiny teacher: diffusers' ``WanTransformer3DModel`` with a tiny config, a frozen
+random ``UMT5EncoderModel`` and a word-level tokenizer built from ``transformers`` classes.
+
+It works in pixel space; the VAE slot is the identity, so ``encode``/``decode`` only map
+pixels in [-1, 1] to latents and back. A saved backbone is a directory in diffusers' layout
+(``transformer/``, ``text_encoder/``, ``tokenizer/``) plus ``backbone.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import WanTransformer3DModel
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import WhitespaceSplit
+from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+from dcm.config import TinyModelParams
+from dcm.world.grammar import word_list
+
+PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
+SUBFOLDERS = ("transformer", "text_encoder", "tokenizer")
+
+
+@dataclass
+class TinyBackbone:
+    """A tiny text-to-video flow-matching model and its text stack."""
+
+    transformer: WanTransformer3DModel
+    text_encoder: UMT5EncoderModel
+    tokenizer: PreTrainedTokenizerFast
+    max_length: int
+
+    kind = "tiny"
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Text embeddings ``(B, L, D)``; padding positions are zeroed, as Wan's pipeline does."""
+        tokens = self.tokenizer(
+            [p.lower() for p in prompts],
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        hidden = self.text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+        return hidden * tokens.attention_mask[..., None].to(hidden.dtype)
+
+    @staticmethod
+    def encode_video(pixels: torch.Tensor) -> torch.Tensor:
+        """The VAE slot: identity in pixel space (``(B, 3, T, H, W)`` in [-1, 1])."""
+        return pixels
+
+    @staticmethod
+    def decode_latents(latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+    def velocity(self, transformer: torch.nn.Module, latents: torch.Tensor, sigma: torch.Tensor,
+                 text: torch.Tensor) -> torch.Tensor:
+        """Call a transformer (the teacher or a student) as a flow-matching velocity model."""
+        t = torch.as_tensor(sigma, dtype=latents.dtype, device=latents.device).expand(latents.shape[0]) * 1000.0
+        return transformer(latents, t, text, return_dict=False)[0]
+
+    def save_pretrained(self, path: str | Path, transformer: torch.nn.Module | None = None) -> None:
+        path = Path(path)
+        (transformer or self.transformer).save_pretrained(path / "transformer")
+        self.text_encoder.save_pretrained(path / "text_encoder")
+        self.tokenizer.save_pretrained(path / "tokenizer")
+        (path / "backbone.json").write_text(json.dumps({"kind": self.kind, "max_length": self.max_length}) + "\n")
+
+
+def _build_tokenizer(max_length: int) -> PreTrainedTokenizerFast:
+    vocab = {PAD: 0, EOS: 1, UNK: 2}
+    for word in word_list():
+        vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK))
+    tok.pre_tokenizer = WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK, model_max_length=max_length
+    )
+
+
+def build_tiny_backbone(params: TinyModelParams, seed: int = 0) -> TinyBackbone:
+    """A freshly initialised tiny backbone (transformer random, text encoder frozen)."""
+    tokenizer = _build_tokenizer(params.text_max_length)
+    torch.manual_seed(params.text_seed)
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tokenizer),
+            d_model=params.text_dim,
+            d_kv=params.text_dim // params.text_heads,
+            d_ff=params.text_dim * 2,
+            num_layers=params.text_layers,
+            num_heads=params.text_heads,
+            dropout_rate=0.0,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    ).eval().requires_grad_(False)
+    torch.manual_seed(seed)
+    transformer = WanTransformer3DModel(
+        patch_size=tuple(params.patch_size),
+        num_attention_heads=params.num_attention_heads,
+        attention_head_dim=params.attention_head_dim,
+        in_channels=3,
+        out_channels=3,
+        text_dim=params.text_dim,
+        freq_dim=params.freq_dim,
+        ffn_dim=params.ffn_dim,
+        num_layers=params.num_layers,
+        rope_max_seq_len=64,
+    )
+    return TinyBackbone(transformer, text_encoder, tokenizer, params.text_max_length)
+
+
+def load_backbone(path: str | Path) -> TinyBackbone:
+    """Load a saved backbone directory; a missing part is an error naming the file expected."""
+    path = Path(path)
+    meta = path / "backbone.json"
+    missing = [str(path / s) for s in SUBFOLDERS if not (path / s).is_dir()]
+    if not meta.exists():
+        missing.insert(0, str(meta))
+    if missing:
+        raise FileNotFoundError(
+            f"backbone directory {path} is incomplete; expected {', '.join(SUBFOLDERS)} and backbone.json, "
+            f"missing: {', '.join(missing)} (run `dcm teacher` or `dvc repro teacher` to create it)"
+        )
+    info = json.loads(meta.read_text())
+    transformer = WanTransformer3DModel.from_pretrained(path / "transformer")
+    text_encoder = UMT5EncoderModel.from_pretrained(path / "text_encoder").eval().requires_grad_(False)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(path / "tokenizer")
+    return TinyBackbone(transformer, text_encoder, tokenizer, int(info["max_length"]))

@@ -1,0 +1,197 @@
+"""Training the tiny teacher by flow matching on the toy world.
+
+Data is rendered on the fly, and the batch of step ``k`` depends only on ``(seed, k)``, so a
+run resumed from a checkpoint sees exactly the data an uninterrupted run would have seen.
+Training videos use seeds below ``HELDOUT_SEED_BASE``; every evaluation uses seeds above it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from dcm import flow
+from dcm.config import Params
+from dcm.io import atomic_torch_save
+from dcm.models.tiny import TinyBackbone, build_tiny_backbone
+from dcm.sampling import euler_sample, guided, initial_noise
+from dcm.tracking import log_metrics
+from dcm.world.grammar import Prompt, all_prompts
+from dcm.world.metrics import evaluate_video
+from dcm.world.render import render_batch, to_video
+
+log = logging.getLogger(__name__)
+
+HELDOUT_SEED_BASE = 2**31  # training seeds are drawn below, evaluation seeds start here
+CHECKPOINT = "checkpoint.pt"
+
+
+def heldout_set(videos: int, seed: int = 0) -> list[tuple[Prompt, int]]:
+    """``videos`` (prompt, seed) pairs: every prompt in turn (shuffled), seeds never trained on."""
+    prompts = all_prompts()
+    order = np.random.default_rng(seed).permutation(len(prompts))
+    return [(prompts[order[i % len(prompts)]], HELDOUT_SEED_BASE + seed * 100_000 + i) for i in range(videos)]
+
+
+class PromptTable:
+    """Embeddings of every toy prompt and of the empty prompt, computed once (the encoder is frozen)."""
+
+    def __init__(self, backbone: TinyBackbone):
+        self.prompts = all_prompts()
+        texts = [p.text for p in self.prompts] + [""]
+        self.embeddings = backbone.encode_prompts(texts)
+        self.index = {t: i for i, t in enumerate(texts)}
+
+    @property
+    def empty(self) -> int:
+        return len(self.prompts)
+
+    def lookup(self, texts: list[str]) -> torch.Tensor:
+        return self.embeddings[[self.index[t] for t in texts]]
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    seconds: float = 0.0
+
+
+def lr_lambda(params: Params):
+    t = params.teacher
+
+    def fn(step: int) -> float:
+        if step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        progress = min(1.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
+        return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return fn
+
+
+def training_batch(params: Params, table: PromptTable, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clean videos, text embeddings, noise and sigmas for optimizer step ``step``."""
+    t = params.teacher
+    gen = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
+    idx = torch.randint(len(table.prompts), (t.batch_size,), generator=gen).tolist()
+    seeds = torch.randint(HELDOUT_SEED_BASE, (t.batch_size,), generator=gen).tolist()
+    prompts = [table.prompts[i] for i in idx]
+    x0 = render_batch(prompts, seeds, params.world.to_config())
+    drop = torch.rand(t.batch_size, generator=gen) < t.caption_dropout
+    text = table.embeddings[[table.empty if d else i for i, d in zip(idx, drop.tolist(), strict=True)]]
+    noise = torch.randn(x0.shape, generator=gen)
+    sigma = flow.sample_training_sigmas(
+        t.batch_size, params.flow.shift, logit_normal=t.timestep_sampling == "logit_normal",
+        mean=t.logit_mean, std=t.logit_std, generator=gen,
+    )
+    return x0, text, noise, sigma
+
+
+@torch.no_grad()
+def sample_videos(backbone: TinyBackbone, transformer: torch.nn.Module, table: PromptTable,
+                  items: list[tuple[Prompt, int]], params: Params, steps: int, guidance_scale: float,
+                  batch_size: int = 16, progress: bool = False) -> list[np.ndarray]:
+    """Generate videos with the Euler sampler on the shifted grid, with CFG."""
+    world = params.world
+    shape = (3, world.frames, world.size, world.size)
+    sigmas = flow.sigma_grid(steps, params.flow.shift).flip(0)
+    videos = []
+    transformer.eval()
+    for start in tqdm(range(0, len(items), batch_size), desc="sampling", disable=not progress):
+        chunk = items[start:start + batch_size]
+        cond = table.lookup([p.text for p, _ in chunk])
+        uncond = table.embeddings[[table.empty] * len(chunk)]
+        velocity = guided(lambda x, s, c: backbone.velocity(transformer, x, s, c), cond, uncond, guidance_scale)
+        x = euler_sample(velocity, initial_noise([s for _, s in chunk], shape), sigmas)
+        videos.extend(to_video(v) for v in backbone.decode_latents(x))
+    return videos
+
+
+def accuracy(videos: list[np.ndarray], items: list[tuple[Prompt, int]], params: Params) -> dict[str, float]:
+    rows = [evaluate_video(v, p, params.world.to_config()) for v, (p, _) in zip(videos, items, strict=True)]
+    keys = ("color", "object_class", "motion_direction", "scene")
+    return {f"acc_{k}": float(np.mean([r[k] for r in rows])) for k in keys}
+
+
+def train_teacher(params: Params, out_dir: Path) -> TinyBackbone:
+    """Train (or resume) the teacher; write checkpoints to ``out_dir`` and the EMA model to
+    ``out_dir / 'model'``. Returns the backbone holding the EMA weights."""
+    t = params.teacher
+    out_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    backbone = build_tiny_backbone(params.model.tiny, seed=t.seed)
+    model = backbone.transformer
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=(0.9, 0.99))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(params))
+    state = TrainState()
+    ckpt_path = out_dir / CHECKPOINT
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        state = TrainState(**ckpt["state"])
+        log.info("resuming teacher training from %s at step %d", ckpt_path, state.step)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    table = PromptTable(backbone)
+    eval_items = heldout_set(t.eval_prompts, seed=t.seed + 7)
+
+    def save() -> None:
+        if accelerator.is_main_process:
+            atomic_torch_save({
+                "model": accelerator.unwrap_model(model).state_dict(), "ema": ema.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "state": state.__dict__,
+            }, ckpt_path)
+
+    bar = tqdm(total=t.steps, initial=state.step, desc="teacher", disable=not accelerator.is_main_process)
+    while state.step < t.steps:
+        tick = time.perf_counter()
+        model.train()
+        x0, text, noise, sigma = training_batch(params, table, state.step)
+        x_t = flow.add_noise(x0, noise, sigma)
+        pred = backbone.velocity(model, x_t, sigma, text)
+        loss = F.mse_loss(pred.float(), flow.velocity_target(x0, noise))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"teacher loss is {loss.item()} at step {state.step}; last good checkpoint: {ckpt_path}")
+        accelerator.backward(loss)
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        decay = min(t.ema_decay, (1 + state.step) / (10 + state.step))
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), accelerator.unwrap_model(model).parameters(), strict=True):
+                e.lerp_(p.detach(), 1 - decay)
+        state.step += 1
+        state.seconds += time.perf_counter() - tick
+        bar.update(1)
+        metrics = {"loss": loss.item(), "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
+        if state.step % 10 == 0:
+            log_metrics(metrics, step=state.step)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+        if state.step % t.eval_every == 0 or state.step == t.steps:
+            videos = sample_videos(backbone, ema, table, eval_items, params, t.eval_sample_steps, t.eval_guidance_scale)
+            acc = accuracy(videos, eval_items, params)
+            log_metrics({**acc, "train_minutes": state.seconds / 60}, step=state.step)
+            bar.write(f"step {state.step}: " + ", ".join(f"{k}={v:.2f}" for k, v in acc.items())
+                      + f" ({state.seconds / 60:.1f} min)")
+        if state.step % t.checkpoint_every == 0 or state.step == t.steps:
+            save()
+    bar.close()
+    backbone.transformer = ema
+    if accelerator.is_main_process:
+        backbone.save_pretrained(out_dir / "model")
+    log_metrics({"train_minutes": state.seconds / 60}, step=state.step)
+    return backbone

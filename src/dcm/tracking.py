@@ -1,0 +1,81 @@
+"""MLflow bookkeeping: one run per stage execution, kept at the repository root.
+
+DVC runs queued experiments in a temporary copy of the repository, so every path here is
+resolved against the real root (``DVC_ROOT`` when DVC sets it), never the working directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from dcm.config import Params
+
+
+def repo_root() -> Path:
+    """The real repository root: ``DVC_ROOT``, else git's top level, else the working directory."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    try:
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True)
+        return Path(out.stdout.strip()).resolve()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return Path.cwd().resolve()
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<root>/mlflow.db``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root or repo_root()) / 'mlflow.db'}"
+
+
+def git_revision(root: Path) -> str:
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        return os.environ["DVC_EXP_BASELINE_REV"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return "unknown"
+
+
+def ensure_experiment(name: str, root: Path | None = None) -> str:
+    """Create (once) the experiment with its artifacts under ``<root>/mlartifacts``."""
+    root = root or repo_root()
+    mlflow.set_tracking_uri(tracking_uri(root))
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return mlflow.create_experiment(name, artifact_location=(root / "mlartifacts" / name).as_uri())
+    except mlflow.exceptions.MlflowException:  # created by a concurrent process in between
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params: Params, extra_tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run for one stage execution, tagged and with every param under its dotted key."""
+    root = repo_root()
+    experiment_id = ensure_experiment(params.tracking.experiment, root)
+    tags = {
+        "dcm.stage": stage,
+        "dvc.exp_name": os.environ.get("DVC_EXP_NAME", "workspace"),
+        "git.revision": git_revision(root),
+        "boundary": str(params.boundary),
+        **(extra_tags or {}),
+    }
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{stage}", tags=tags) as run:
+        mlflow.log_params(params.flat())
+        yield run
+
+
+def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
+    """Log the numeric entries of ``metrics`` (others are skipped) to the active run."""
+    numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    if numeric and mlflow.active_run() is not None:
+        mlflow.log_metrics(numeric, step=step)

@@ -1,0 +1,10 @@
+"""DVC stage `teacher`: read params.yaml, call the library, write this stage's outputs."""
+
+import logging
+
+from dcm.config import load_params
+from dcm.pipeline import run_teacher
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_teacher(load_params("params.yaml"))

@@ -1,0 +1,55 @@
+"""Typed parameters: defaults are valid, bad values fail early and say what is allowed."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dcm.config import Params, ParamsError, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_repository_params_are_valid_and_complete():
+    params = load_params(ROOT / "params.yaml")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert "boundary" in raw  # top level, for `dvc exp run -S boundary=30`
+    assert params.model_dump().keys() == Params().model_dump().keys()
+
+
+@pytest.mark.parametrize("data, key, allowed", [
+    ({"teacher": {"lr": -1}}, "teacher.lr = -1", "greater than 0"),
+    ({"teacher": {"timestep_sampling": "cosine"}}, "teacher.timestep_sampling = 'cosine'", "uniform"),
+    ({"world": {"frames": 2}}, "world.frames = 2", "greater than or equal to 4"),
+    ({"boundary": 50}, "boundary", "[1, 49]"),
+    ({"teacher": {"lrr": 0.1}}, "teacher.lrr", "Extra inputs are not permitted"),
+    ({"world": {"speed_min": 3.0, "speed_max": 2.0}}, "world", "speed_max"),
+])
+def test_bad_values_name_key_value_and_allowed_range(data, key, allowed):
+    with pytest.raises(ParamsError) as err:
+        parse_params(data, "params.yaml")
+    message = str(err.value)
+    assert key in message and allowed in message
+    assert message.startswith("invalid parameters in params.yaml")
+
+
+def test_boundary_is_checked_against_the_grid():
+    assert parse_params({"boundary": 3, "flow": {"steps": 4}}).boundary == 3
+    with pytest.raises(ParamsError, match="flow.steps = 4"):
+        parse_params({"boundary": 4, "flow": {"steps": 4}})
+
+
+def test_missing_file_and_non_mapping_are_clear(tmp_path):
+    with pytest.raises(ParamsError, match="does not exist"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "p.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ParamsError, match="mapping"):
+        load_params(bad)
+
+
+def test_flat_params_use_dotted_keys():
+    flat = Params().flat()
+    assert flat["teacher.lr"] == Params().teacher.lr
+    assert flat["boundary"] == 35
+    assert flat["model.tiny.num_layers"] == Params().model.tiny.num_layers

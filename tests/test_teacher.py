@@ -1,0 +1,66 @@
+"""Teacher training: checkpoints, exact resume, NaN guard, loadable model."""
+
+import pytest
+import torch
+
+from dcm import teacher as teacher_mod
+from dcm.models import load_backbone
+from dcm.teacher import CHECKPOINT, HELDOUT_SEED_BASE, heldout_set, train_teacher
+
+
+@pytest.fixture(autouse=True)
+def _tracking(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def _weights(path):
+    return load_backbone(path).transformer.state_dict()
+
+
+def test_resume_after_a_crash_ends_with_the_same_weights(tmp_path, micro_params, monkeypatch):
+    train_teacher(micro_params, tmp_path / "straight")
+
+    real_batch = teacher_mod.training_batch
+
+    def crash_at_step_4(params, table, step):
+        if step == 4:
+            raise KeyboardInterrupt("killed")
+        return real_batch(params, table, step)
+
+    monkeypatch.setattr(teacher_mod, "training_batch", crash_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(micro_params, tmp_path / "resumed")
+    assert (tmp_path / "resumed" / CHECKPOINT).exists()  # written at step 3
+    assert torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=False)["state"]["step"] == 3
+    monkeypatch.setattr(teacher_mod, "training_batch", real_batch)
+    train_teacher(micro_params, tmp_path / "resumed")
+
+    straight, resumed = _weights(tmp_path / "straight" / "model"), _weights(tmp_path / "resumed" / "model")
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], msg=name)
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path, micro_params, monkeypatch):
+    real_batch = teacher_mod.training_batch
+
+    def poisoned(params, table, step):
+        x0, text, noise, sigma = real_batch(params, table, step)
+        return (x0 * float("nan") if step == 4 else x0), text, noise, sigma
+
+    monkeypatch.setattr(teacher_mod, "training_batch", poisoned)
+    with pytest.raises(FloatingPointError, match="step 4"):
+        train_teacher(micro_params, tmp_path / "t")
+    ckpt = torch.load(tmp_path / "t" / CHECKPOINT, weights_only=False)
+    assert ckpt["state"]["step"] == 3
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_heldout_seeds_are_never_training_seeds():
+    items = heldout_set(64)
+    assert len({p.text for p, _ in items}) == 64
+    assert all(seed >= HELDOUT_SEED_BASE for _, seed in items)
+
+
+def test_missing_model_names_the_files_expected(tmp_path):
+    with pytest.raises(FileNotFoundError, match="backbone.json"):
+        load_backbone(tmp_path / "nowhere")
