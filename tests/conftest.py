@@ -24,3 +24,33 @@ def micro_params() -> Params:
         "flow": {"steps": 4},
         "boundary": 2,
     })
+
+
+MICRO_DISTILL = {
+    "trajectories": {"videos": 4, "batch_size": 2, "shard_size": 2},
+    "distill": {"batch_size": 2, "checkpoint_every": 2, "bucket_every": 2, "buckets": 4, "log_every": 1},
+    "semantic": {"steps": 3},
+    "detail": {"steps": 3, "lora_rank": 2, "lora_alpha": 4.0, "head_width": 8, "feature_stride": 1},
+    "lcm": {"steps": 2},
+    "pcm": {"steps": 2, "phases": 2},
+}
+
+
+def with_overrides(params: Params, overrides: dict) -> Params:
+    return params.with_overrides(overrides)
+
+
+@pytest.fixture
+def micro_distill(micro_params) -> Params:
+    return with_overrides(micro_params, MICRO_DISTILL)
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch, micro_distill):
+    """A working directory holding a (random, untrained) micro teacher, as stages expect it."""
+    from dcm.models.tiny import build_tiny_backbone
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    build_tiny_backbone(micro_distill.model.tiny).save_pretrained(tmp_path / "artifacts/teacher/model")
+    return tmp_path

@@ -22,7 +22,14 @@ SMOKE = {
     "teacher_eval": {"videos": 3, "batch_size": 2},
     "flow": {"steps": 8},
     "boundary": 4,
+    "trajectories": {"videos": 4, "batch_size": 2, "shard_size": 2},
+    "distill": {"batch_size": 2, "checkpoint_every": 2, "bucket_every": 2, "buckets": 4},
+    "semantic": {"steps": 2},
+    "detail": {"steps": 2, "lora_rank": 2, "lora_alpha": 4.0, "head_width": 8},
+    "lcm": {"steps": 2},
+    "pcm": {"steps": 2, "phases": 2},
 }
+STAGES = ["detail", "lcm", "pcm", "semantic", "teacher", "teacher_eval", "trajectories"]
 
 
 def _run(cmd, cwd, env):
@@ -74,7 +81,10 @@ def test_repro_writes_the_teacher_and_its_report(repo):
     assert (repo / "reports/teacher/grid.png").stat().st_size > 1000
     assert "accuracy" in (repo / "reports/teacher.md").read_text()
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert {"teacher", "teacher_eval"} <= lock["stages"].keys()
+    assert sorted(lock["stages"]) == STAGES
+    for stage in ("semantic", "lcm", "pcm"):
+        assert (repo / "artifacts" / stage / "model" / "config.json").exists()
+    assert (repo / "artifacts/detail/detail.safetensors").exists()
 
 
 def test_second_repro_reuses_everything(repo):
@@ -89,7 +99,7 @@ def test_each_stage_logged_one_tagged_mlflow_run_at_the_repo_root(repo):
     assert (repo / "mlflow.db").exists()
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["dcm"], output_format="pandas")
-    assert sorted(runs["tags.dcm.stage"]) == ["teacher", "teacher_eval"]
+    assert sorted(runs["tags.dcm.stage"]) == STAGES
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
     assert set(runs["tags.git.revision"]) == {head}
     assert set(runs["tags.dvc.exp_name"]) == {"workspace"}

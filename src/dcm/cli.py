@@ -19,6 +19,7 @@ app = typer.Typer(
     "Each pipeline stage of dvc.yaml is also a command here; `dvc repro` runs them in order.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,
 )
 
 ParamsOption = typer.Option(Path("params.yaml"), "--params", "-p", help="parameter file to read and validate")
@@ -63,6 +64,36 @@ def teacher_eval(path: Path = ParamsOption) -> None:
     from dcm.pipeline import run_teacher_eval
 
     run_teacher_eval(_params(path))
+
+
+@app.command()
+def trajectories(path: Path = ParamsOption) -> None:
+    """Generate the teacher's CFG-guided ODE trajectories on the flow.steps grid into
+    artifacts/trajectories/ (shards + manifest.json). Finished shards are skipped on rerun;
+    under `accelerate launch` each process writes its own shards."""
+    from dcm.pipeline import run_trajectories
+
+    run_trajectories(_params(path))
+
+
+def _distill_command(stage: str, doc: str):
+    def command(path: Path = ParamsOption) -> None:
+        from dcm.pipeline import run_distill
+
+        run_distill(_params(path), stage)
+
+    command.__doc__ = doc
+    app.command(stage)(command)
+
+
+_distill_command("semantic", "Train the semantic expert on the noise-side sub-trajectory [flow.steps, boundary] "
+                 "(full fine-tune from the teacher, + temporal coherence loss with ablation.tc). With "
+                 "ablation.od=false, train one vanilla model over both sub-trajectories instead.")
+_distill_command("detail", "Train the detail expert on [boundary, 0]: LoRA + copied timestep layers on the frozen "
+                 "semantic expert (ablation.pe) or a full fine-tune (OD), with GAN + feature matching on teacher "
+                 "features (ablation.gf). Writes nothing to train when ablation.od=false.")
+_distill_command("lcm", "Train the LCM baseline: one student, one phase over the whole trajectory.")
+_distill_command("pcm", "Train the PCM baseline: one student, pcm.phases phases over the whole trajectory.")
 
 
 @app.command()

@@ -106,6 +106,78 @@ class TeacherEvalParams(_Section):
     seed: int = 0
 
 
+class TrajectoryParams(_Section):
+    """Teacher ODE trajectories (stage ``trajectories``, ``dcm.trajectories``)."""
+
+    videos: int = Field(128, ge=1, description="trajectories to generate")
+    guidance_scale: float = Field(3.0, ge=1.0, le=20.0, description="teacher CFG scale the students learn")
+    batch_size: int = Field(16, ge=1)
+    shard_size: int = Field(16, ge=1, description="videos per shard file (the unit of resume)")
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    store_every: int = Field(1, ge=1, description="keep every k-th grid point (and the noise end); "
+                             "targets at points not kept come from an online teacher Euler step")
+    prompt_file: str | None = Field(None, description="one prompt per line; default: the toy grammar")
+    seed: int = 1
+
+
+class AblationParams(_Section):
+    """The paper's Table 3 switches. Without ``od`` there is one vanilla model and no detail
+    expert, so ``pe`` and ``gf`` have nothing to act on and are ignored (``tc`` still applies)."""
+
+    od: bool = Field(True, description="optimization decoupling: separate semantic and detail experts")
+    pe: bool = Field(True, description="parameter-efficient detail expert (LoRA + copied timestep layers)")
+    tc: bool = Field(True, description="temporal coherence loss on the semantic expert")
+    gf: bool = Field(True, description="GAN + feature matching on the detail expert")
+
+
+class DistillParams(_Section):
+    """Settings shared by every consistency-distillation stage (``dcm.distill``)."""
+
+    batch_size: int = Field(8, ge=1, description="samples per process per step")
+    huber_c: float = Field(0.001, gt=0.0, description="pseudo-Huber c (release: 0.001)")
+    target: Literal["online", "ema"] = Field("online", description="target network (release: online; paper Eq. 4: EMA)")
+    target_ema_decay: float = Field(0.95, ge=0.0, lt=1.0)
+    weight_decay: float = Field(1e-3, ge=0.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    checkpoint_every: int = Field(50, ge=1)
+    log_every: int = Field(5, ge=1)
+    bucket_every: int = Field(50, ge=1, description="steps between per-noise-level loss/grad probes (vanilla model)")
+    buckets: int = Field(10, ge=2, description="noise-level buckets of the probe (paper Fig. 2)")
+    seed: int = 0
+
+
+class SemanticParams(_Section):
+    """Semantic expert: full fine-tune on the noise-side sub-trajectory (stage ``semantic``)."""
+
+    steps: int = Field(300, ge=1)
+    lr: float = Field(1e-4, gt=0.0, le=1.0, description="release: 1e-6 for 13B models")
+    tc_lag: int = Field(3, ge=1, description="temporal coherence lag in latent frames")
+    tc_weight: float = Field(1.0, ge=0.0)
+
+
+class DetailParams(_Section):
+    """Detail expert on the clean-side sub-trajectory (stage ``detail``)."""
+
+    steps: int = Field(300, ge=1)
+    lr: float = Field(1e-4, gt=0.0, le=1.0, description="LoRA / OD learning rate (release: 5e-6)")
+    lora_rank: int = Field(16, ge=1, description="release: 128")
+    lora_alpha: float = Field(32.0, gt=0.0, description="release: 256")
+    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    g_weight: float = Field(0.5, ge=0.0, description="generator hinge weight")
+    fm_weight: float = Field(1.0, ge=0.0, description="feature-matching weight (release: 1.0 Wan, 0.1 Hunyuan)")
+    d_lr: float = Field(1e-4, gt=0.0, description="discriminator lr (release: 1e-5)")
+    feature_stride: int = Field(2, ge=1, description="tap every stride-th teacher block")
+    head_width: int = Field(64, ge=4, description="discriminator head width (release: 1024)")
+
+
+class BaselineParams(_Section):
+    """A single-student baseline (stages ``lcm`` and ``pcm``)."""
+
+    steps: int = Field(300, ge=1)
+    lr: float = Field(1e-4, gt=0.0, le=1.0)
+    phases: int = Field(1, ge=1, description="PCM phases K (LCM is K = 1)")
+
+
 class TrackingParams(_Section):
     experiment: str = Field("dcm", min_length=1, description="MLflow experiment name")
 
@@ -119,6 +191,13 @@ class Params(_Section):
     model: ModelParams = ModelParams()
     teacher: TeacherParams = TeacherParams()
     teacher_eval: TeacherEvalParams = TeacherEvalParams()
+    trajectories: TrajectoryParams = TrajectoryParams()
+    ablation: AblationParams = AblationParams()
+    distill: DistillParams = DistillParams()
+    semantic: SemanticParams = SemanticParams()
+    detail: DetailParams = DetailParams()
+    lcm: BaselineParams = BaselineParams(phases=1)
+    pcm: BaselineParams = BaselineParams(phases=4)
     tracking: TrackingParams = TrackingParams()
 
     @model_validator(mode="after")
@@ -128,11 +207,36 @@ class Params(_Section):
                 f"boundary = {self.boundary} must be a grid index in [1, {self.flow.steps - 1}] "
                 f"(flow.steps = {self.flow.steps}; 0 is the clean end, {self.flow.steps} the noise end)"
             )
+        if self.lcm.phases != 1:
+            raise ValueError(f"lcm.phases = {self.lcm.phases}: LCM is one phase by definition; use pcm.phases")
+        if self.pcm.phases > self.flow.steps:
+            raise ValueError(f"pcm.phases = {self.pcm.phases} must be at most flow.steps = {self.flow.steps}")
         return self
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Params:
+        """A validated copy with sections updated key by key (``{"teacher": {"steps": 10}}``)."""
+        data = self.model_dump()
+        for section, values in overrides.items():
+            if isinstance(values, dict) and isinstance(data.get(section), dict):
+                data[section] = {**data[section], **values}
+            else:
+                data[section] = values
+        return parse_params(data, "overrides")
 
     def flat(self) -> dict[str, Any]:
         """Dotted keys (``teacher.lr``) for MLflow."""
         return dict(_flatten(self.model_dump()))
+
+
+def fingerprint(params: Params, keys: tuple[str, ...]) -> str:
+    """A short hash of the named sections or dotted keys: a checkpoint is resumed only by a run
+    whose fingerprint matches, so a stale checkpoint from other params is never continued."""
+    import hashlib
+    import json
+
+    flat = params.flat()
+    chosen = {k: v for k, v in flat.items() if any(k == key or k.startswith(f"{key}.") for key in keys)}
+    return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _flatten(tree: dict[str, Any], prefix: str = ""):

@@ -120,3 +120,29 @@ def _write_teacher_report(report: Path, report_dir: Path, m: dict, params: Param
         "",
     ]
     atomic_write_text(report, "\n".join(lines))
+
+
+TRAJECTORY_DIR = Path("artifacts/trajectories")
+STUDENT_DIRS = {stage: Path(f"artifacts/{stage}") for stage in ("semantic", "detail", "lcm", "pcm")}
+
+
+def run_trajectories(params: Params, teacher_dir: Path = TEACHER_DIR / "model", out_dir: Path = TRAJECTORY_DIR) -> Path:
+    """Generate the teacher's ODE trajectories (finished shards are kept and skipped)."""
+    from dcm.models import load_backbone
+    from dcm.trajectories import generate
+
+    backbone = load_backbone(teacher_dir)
+    with stage_run("trajectories", params):
+        return generate(params, backbone, out_dir)
+
+
+def run_distill(params: Params, stage: str, teacher_dir: Path = TEACHER_DIR / "model",
+                trajectory_dir: Path = TRAJECTORY_DIR, out_dir: Path | None = None) -> dict:
+    """Train the student of ``stage`` (semantic, detail, lcm or pcm), resuming from its checkpoint."""
+    from dcm.distill.trainer import distill
+
+    a = params.ablation
+    tags = {"ablation.od": str(a.od), "ablation.pe": str(a.pe), "ablation.tc": str(a.tc), "ablation.gf": str(a.gf)}
+    with stage_run(stage, params, tags):
+        return distill(params, stage, out_dir or STUDENT_DIRS[stage], teacher_dir, trajectory_dir,
+                       semantic_dir=STUDENT_DIRS["semantic"])

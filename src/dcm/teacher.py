@@ -21,7 +21,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from dcm import flow
-from dcm.config import Params
+from dcm.config import Params, fingerprint
 from dcm.io import atomic_torch_save
 from dcm.models.tiny import TinyBackbone, build_tiny_backbone
 from dcm.sampling import euler_sample, guided, initial_noise
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 HELDOUT_SEED_BASE = 2**31  # training seeds are drawn below, evaluation seeds start here
 CHECKPOINT = "checkpoint.pt"
+FINGERPRINT_KEYS = ("world", "flow", "model", "teacher")
 
 
 def heldout_set(videos: int, seed: int = 0) -> list[tuple[Prompt, int]]:
@@ -135,8 +136,12 @@ def train_teacher(params: Params, out_dir: Path) -> TinyBackbone:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(params))
     state = TrainState()
     ckpt_path = out_dir / CHECKPOINT
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    fp = fingerprint(params, FINGERPRINT_KEYS)
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
+    if ckpt is not None and ckpt.get("fingerprint") != fp:
+        log.warning("%s was written with other params (%s); training from scratch", ckpt_path, ckpt.get("fingerprint"))
+        ckpt = None
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -152,7 +157,7 @@ def train_teacher(params: Params, out_dir: Path) -> TinyBackbone:
             atomic_torch_save({
                 "model": accelerator.unwrap_model(model).state_dict(), "ema": ema.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "state": state.__dict__,
+                "state": state.__dict__, "fingerprint": fp,
             }, ckpt_path)
 
     bar = tqdm(total=t.steps, initial=state.step, desc="teacher", disable=not accelerator.is_main_process)
@@ -181,14 +186,14 @@ def train_teacher(params: Params, out_dir: Path) -> TinyBackbone:
         if state.step % 10 == 0:
             log_metrics(metrics, step=state.step)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-        if state.step % t.eval_every == 0 or state.step == t.steps:
+        if state.step % t.checkpoint_every == 0 or state.step == t.steps:
+            save()
+        if accelerator.is_main_process and (state.step % t.eval_every == 0 or state.step == t.steps):
             videos = sample_videos(backbone, ema, table, eval_items, params, t.eval_sample_steps, t.eval_guidance_scale)
             acc = accuracy(videos, eval_items, params)
             log_metrics({**acc, "train_minutes": state.seconds / 60}, step=state.step)
             bar.write(f"step {state.step}: " + ", ".join(f"{k}={v:.2f}" for k, v in acc.items())
                       + f" ({state.seconds / 60:.1f} min)")
-        if state.step % t.checkpoint_every == 0 or state.step == t.steps:
-            save()
     bar.close()
     backbone.transformer = ema
     if accelerator.is_main_process:

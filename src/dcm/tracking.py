@@ -58,8 +58,16 @@ def ensure_experiment(name: str, root: Path | None = None) -> str:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: Params, extra_tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run for one stage execution, tagged and with every param under its dotted key."""
+def stage_run(stage: str, params: Params, extra_tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun | None]:
+    """An MLflow run for one stage execution, tagged and with every param under its dotted key.
+
+    Under ``accelerate launch`` only the main process opens a run; the others yield ``None``.
+    """
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        yield None
+        return
     root = repo_root()
     experiment_id = ensure_experiment(params.tracking.experiment, root)
     tags = {

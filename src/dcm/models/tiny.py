@@ -36,6 +36,10 @@ class TinyBackbone:
     max_length: int
 
     kind = "tiny"
+    # What the parameter-efficient detail expert copies: Wan's timestep path (time embedder and
+    # its projection to the blocks' modulation) and the output modulation and projection.
+    timestep_layers = ("condition_embedder.time_embedder", "condition_embedder.time_proj", "proj_out",
+                       "scale_shift_table")
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:

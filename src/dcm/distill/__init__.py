@@ -1,0 +1,1 @@
+"""Consistency distillation: one engine for DCM's two experts and the LCM / PCM baselines."""

@@ -1,0 +1,82 @@
+"""GAN + feature matching for the detail expert (reference-facts §4).
+
+The frozen teacher is the discriminator's backbone: forward hooks tap every ``stride``-th
+transformer block, and one small convolutional head per tap scores every token. Token grids
+are derived from each input's shape and the patch size, so any frame count or resolution works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FeatureTaps:
+    """Collect the outputs of selected blocks during a forward pass."""
+
+    def __init__(self, blocks: Sequence[nn.Module], stride: int):
+        self.indices = list(range(stride - 1, len(blocks), stride)) or [len(blocks) - 1]
+        self.blocks = [blocks[i] for i in self.indices]
+        self.features: list[torch.Tensor] = []
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[list[torch.Tensor]]:
+        self.features = []
+        handles = [b.register_forward_hook(lambda _m, _i, out: self.features.append(out)) for b in self.blocks]
+        try:
+            yield self.features
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def token_grid(latent_shape: Sequence[int], patch_size: Sequence[int]) -> tuple[int, int, int]:
+    """(frames, height, width) of the token grid for a latent ``(B, C, T, H, W)``."""
+    _, _, t, h, w = latent_shape
+    pt, ph, pw = patch_size
+    return t // pt, h // ph, w // pw
+
+
+class DiscriminatorHead(nn.Module):
+    """1x1 conv -> GroupNorm -> LeakyReLU -> residual 1x1 block -> 1 logit per token."""
+
+    def __init__(self, channels: int, width: int):
+        super().__init__()
+        groups = max(g for g in (32, 16, 8, 4, 2, 1) if width % g == 0)
+        self.stem = nn.Sequential(nn.Conv2d(channels, width, 1), nn.GroupNorm(groups, width), nn.LeakyReLU(0.2))
+        self.block = nn.Sequential(nn.Conv2d(width, width, 1), nn.GroupNorm(groups, width), nn.LeakyReLU(0.2))
+        self.out = nn.Conv2d(width, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        return self.out(h + self.block(h))
+
+
+class Discriminator(nn.Module):
+    def __init__(self, channels: int, taps: int, width: int):
+        super().__init__()
+        self.heads = nn.ModuleList(DiscriminatorHead(channels, width) for _ in range(taps))
+
+    def forward(self, features: Sequence[torch.Tensor], grid: tuple[int, int, int]) -> list[torch.Tensor]:
+        """``features``: per tap ``(B, T'*H'*W', C)`` tokens -> per tap logits ``(B*T', 1, H', W')``."""
+        t, h, w = grid
+        logits = []
+        for head, tokens in zip(self.heads, features, strict=True):
+            b, n, c = tokens.shape
+            if n != t * h * w:
+                raise ValueError(f"{n} tokens do not form the grid {grid}")
+            x = tokens.reshape(b, t, h, w, c).permute(0, 1, 4, 2, 3).reshape(b * t, c, h, w)
+            logits.append(head(x.float()))
+        return logits
+
+
+def d_hinge(real: Sequence[torch.Tensor], fake: Sequence[torch.Tensor]) -> torch.Tensor:
+    return sum(F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in zip(real, fake, strict=True)) / len(real)
+
+
+def g_hinge(fake: Sequence[torch.Tensor]) -> torch.Tensor:
+    return sum(F.relu(1 - f).mean() for f in fake) / len(fake)

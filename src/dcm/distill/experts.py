@@ -1,0 +1,131 @@
+"""The detail expert in its parameter-efficient form (PE, reference-facts §5).
+
+The semantic expert stays frozen and shared. The detail expert adds, on top of it, a PEFT LoRA
+on the attention projections and trainable copies of the timestep-dependent layers. Calling the
+expert switches those parts in for the duration of the call and back out afterwards, so one
+model in memory serves both experts and switching costs no reload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from dcm.io import atomic_path, atomic_write_text
+
+ADAPTER = "detail"
+
+
+def _set_lora(model: nn.Module, enabled: bool) -> None:
+    """Switch the LoRA layers on or off without touching ``requires_grad`` (PEFT's own
+    enable/disable toggles it, which would silently stop gradients reaching the LoRA)."""
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module._disable_adapters = not enabled
+
+
+def _split(name: str) -> tuple[str, str]:
+    parent, _, child = name.rpartition(".")
+    return parent, child
+
+
+class ParameterEfficientExpert(nn.Module):
+    """A detail expert made of a frozen base transformer, a LoRA and copied timestep layers."""
+
+    def __init__(self, base: nn.Module, timestep_layers: Sequence[str], lora_rank: int, lora_alpha: float,
+                 lora_targets: Sequence[str]):
+        super().__init__()
+        base.requires_grad_(False)
+        self.timestep_layers = tuple(timestep_layers)
+        self.lora = {"r": lora_rank, "lora_alpha": lora_alpha, "target_modules": list(lora_targets)}
+        base.add_adapter(LoraConfig(**self.lora, init_lora_weights=True), adapter_name=ADAPTER)
+        self.base = base
+        self.copies = nn.ParameterDict()
+        self.copy_modules = nn.ModuleDict()
+        for name in self.timestep_layers:
+            original = self._get(name)
+            key = name.replace(".", "__")
+            if isinstance(original, nn.Parameter):
+                self.copies[key] = nn.Parameter(original.detach().clone())
+            else:
+                self.copy_modules[key] = copy.deepcopy(original).requires_grad_(True)
+        _set_lora(base, False)
+
+    def _get(self, name: str):
+        parent, child = _split(name)
+        return getattr(self.base.get_submodule(parent) if parent else self.base, child)
+
+    def _set(self, name: str, value) -> None:
+        parent, child = _split(name)
+        setattr(self.base.get_submodule(parent) if parent else self.base, child, value)
+
+    def _copy_of(self, name: str):
+        key = name.replace(".", "__")
+        return self.copies[key] if key in self.copies else self.copy_modules[key]
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[nn.Module]:
+        """Within this block the base computes the detail expert."""
+        originals = {name: self._get(name) for name in self.timestep_layers}
+        for name in self.timestep_layers:
+            self._set(name, self._copy_of(name))
+        _set_lora(self.base, True)
+        try:
+            yield self.base
+        finally:
+            _set_lora(self.base, False)
+            for name, original in originals.items():
+                self._set(name, original)
+
+    def forward(self, *args, **kwargs):
+        with self.active() as model:
+            return model(*args, **kwargs)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        lora = [p for n, p in self.base.named_parameters() if "lora_" in n]
+        return lora + list(self.copies.parameters()) + list(self.copy_modules.parameters())
+
+    def base_parameters(self) -> dict[str, torch.Tensor]:
+        """The frozen base's own weights (LoRA excluded), for checks and reports."""
+        return {n: p for n, p in self.base.named_parameters() if "lora_" not in n}
+
+    def detail_state_dict(self) -> dict[str, torch.Tensor]:
+        state = {f"lora.{k}": v for k, v in get_peft_model_state_dict(self.base, adapter_name=ADAPTER).items()}
+        state.update({f"copies.{k}": v for k, v in self.copies.state_dict().items()})
+        state.update({f"copy_modules.{k}": v for k, v in self.copy_modules.state_dict().items()})
+        return {k: v.detach().contiguous() for k, v in state.items()}
+
+    def load_detail_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        lora = {k[len("lora."):]: v for k, v in state.items() if k.startswith("lora.")}
+        set_peft_model_state_dict(self.base, lora, adapter_name=ADAPTER)
+        self.copies.load_state_dict({k[len("copies."):]: v for k, v in state.items() if k.startswith("copies.")})
+        self.copy_modules.load_state_dict(
+            {k[len("copy_modules."):]: v for k, v in state.items() if k.startswith("copy_modules.")})
+
+    def save(self, directory: Path) -> None:
+        """``detail.safetensors`` (LoRA + copies) and ``detail.json`` (how to rebuild it)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        with atomic_path(directory / "detail.safetensors") as tmp:
+            save_file(self.detail_state_dict(), str(tmp))
+        config = {"kind": "pe", "timestep_layers": list(self.timestep_layers), **self.lora}
+        atomic_write_text(directory / "detail.json", json.dumps(config, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, base: nn.Module, directory: Path) -> ParameterEfficientExpert:
+        config = json.loads((directory / "detail.json").read_text())
+        expert = cls(base, config["timestep_layers"], config["r"], config["lora_alpha"], config["target_modules"])
+        expert.load_detail_state_dict(load_file(str(directory / "detail.safetensors")))
+        return expert
+
+
+def count_parameters(parameters) -> int:
+    return sum(p.numel() for p in parameters)

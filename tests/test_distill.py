@@ -1,0 +1,132 @@
+"""Distillation stages: what each trains, exact resume after kill -9, NaN guard, two processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from dcm.distill.trainer import CHECKPOINT, StudentPlan
+from dcm.pipeline import run_distill, run_trajectories
+
+from conftest import with_overrides
+
+ART = Path("artifacts")
+
+
+def _weights(stage: str) -> dict[str, torch.Tensor]:
+    if (ART / stage / "detail.safetensors").exists():
+        return load_file(str(ART / stage / "detail.safetensors"))
+    return load_file(str(next((ART / stage / "model").glob("*.safetensors"))))
+
+
+def _write_params(params, path="params.yaml"):
+    Path(path).write_text(yaml.safe_dump(json.loads(params.model_dump_json())))
+
+
+def test_every_stage_trains_its_student(workspace, micro_distill):
+    run_trajectories(micro_distill)
+    infos = {stage: run_distill(micro_distill, stage) for stage in ("semantic", "detail", "lcm", "pcm")}
+    n = micro_distill.flow.steps
+    k = micro_distill.boundary
+    assert infos["semantic"]["phases"] == [[n, k]] and infos["semantic"]["tc"]
+    assert infos["detail"]["phases"] == [[k, 0]] and infos["detail"]["gf"] and infos["detail"]["kind"] == "pe"
+    assert infos["lcm"]["phases"] == [[n, 0]]
+    assert len(infos["pcm"]["phases"]) == micro_distill.pcm.phases
+    assert infos["detail"]["trainable_parameters"] < infos["detail"]["teacher_parameters"]
+    for stage in ("semantic", "lcm", "pcm"):
+        assert (ART / stage / "model" / "config.json").exists()
+    assert (ART / "detail" / "detail.safetensors").exists()
+    runs = mlflow.search_runs(experiment_names=["dcm"])
+    detail = runs[runs["tags.dcm.stage"] == "detail"].iloc[0]
+    for metric in ("loss_consistency", "loss_g", "loss_d", "loss_fm", "grad_norm"):
+        assert f"metrics.{metric}" in runs.columns and detail[f"metrics.{metric}"] == detail[f"metrics.{metric}"]
+    semantic = runs[runs["tags.dcm.stage"] == "semantic"].iloc[0]
+    assert semantic["metrics.loss_tc"] >= 0 and semantic["tags.ablation.tc"] == "True"
+
+
+def test_od_and_gf_switches_change_what_trains(workspace, micro_distill):
+    run_trajectories(micro_distill)
+    od_only = with_overrides(micro_distill, {"ablation": {"od": True, "pe": False, "tc": False, "gf": False}})
+    run_distill(od_only, "semantic")
+    info = run_distill(od_only, "detail")
+    assert info["kind"] == "full" and not info["gf"]
+    assert (ART / "detail" / "model" / "config.json").exists()
+
+    none = with_overrides(micro_distill, {"ablation": {"od": False, "pe": False, "tc": False, "gf": False}})
+    assert StudentPlan.for_stage("detail", none) is None
+    vanilla = run_distill(none, "semantic")
+    n, k = micro_distill.flow.steps, micro_distill.boundary
+    assert vanilla["role"] == "vanilla" and vanilla["phases"] == [[n, k], [k, 0]]
+    assert run_distill(none, "detail")["kind"] == "none"
+    rows = (ART / "semantic" / "buckets.csv").read_text().splitlines()
+    assert rows[0] == "step,bucket,sigma_low,sigma_high,loss,grad_norm" and len(rows) > 2
+
+
+def test_kill_9_then_rerun_ends_with_the_same_weights(workspace, micro_distill):
+    params = with_overrides(micro_distill, {"semantic": {"steps": 40}, "distill": {"checkpoint_every": 5}})
+    run_trajectories(params)
+    run_distill(params, "semantic", out_dir=ART / "straight")
+    straight = load_file(str(next((ART / "straight" / "model").glob("*.safetensors"))))
+
+    _write_params(params)
+    cmd = [sys.executable, "-m", "dcm.cli", "semantic"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = ART / "semantic" / CHECKPOINT
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    killed_at = torch.load(ckpt, weights_only=False)["step"]
+    assert 0 < killed_at < 40
+    assert not (ART / "semantic" / "model").exists()
+
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resumed = _weights("semantic")
+    for name, value in straight.items():
+        torch.testing.assert_close(resumed[name], value, msg=name)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(workspace, micro_distill, monkeypatch):
+    from dcm.distill import objective
+
+    run_trajectories(micro_distill)
+    params = with_overrides(micro_distill, {"semantic": {"steps": 6}})
+    real = objective.pseudo_huber
+    calls = {"n": 0}
+
+    def poisoned(pred, target, c):
+        calls["n"] += 1
+        return real(pred, target, c) * (float("nan") if calls["n"] == 4 else 1.0)
+
+    monkeypatch.setattr(objective, "pseudo_huber", poisoned)
+    with pytest.raises(FloatingPointError, match="step 3"):
+        run_distill(params, "semantic")
+    ckpt = torch.load(ART / "semantic" / CHECKPOINT, weights_only=False)
+    assert ckpt["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["student"].values())
+
+
+def test_two_cpu_processes_through_accelerate_launch(workspace, micro_distill):
+    params = with_overrides(micro_distill, {"trajectories": {"videos": 4, "shard_size": 1}})
+    _write_params(params)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "dcm.cli"]
+    for stage in ("trajectories", "semantic"):
+        result = subprocess.run([*launch, stage], env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((ART / "trajectories" / "manifest.json").read_text())
+    assert len(manifest["shards"]) == 4
+    assert (ART / "semantic" / "model" / "config.json").exists()
+    runs = mlflow.search_runs(experiment_names=["dcm"])
+    assert sorted(runs["tags.dcm.stage"]) == ["semantic", "trajectories"]  # one run each: main process only

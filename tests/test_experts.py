@@ -1,0 +1,92 @@
+"""The parameter-efficient detail expert and the GAN discriminator."""
+
+import torch
+
+from dcm.distill.discriminator import Discriminator, FeatureTaps, d_hinge, g_hinge, token_grid
+from dcm.distill.experts import ParameterEfficientExpert, count_parameters
+from dcm.models.tiny import TinyBackbone, build_tiny_backbone
+
+
+def _inputs(backbone, frames=8, size=32, batch=2):
+    x = torch.randn(batch, 3, frames, size, size)
+    text = torch.randn(batch, backbone.max_length, backbone.transformer.config.text_dim)
+    return x, torch.tensor([300.0, 700.0][:batch]), text
+
+
+def _expert(micro_params):
+    backbone = build_tiny_backbone(micro_params.model.tiny)
+    d = micro_params.detail
+    return backbone, ParameterEfficientExpert(backbone.transformer, TinyBackbone.timestep_layers, 4, 8.0, d.lora_targets)
+
+
+def test_pe_starts_as_the_semantic_expert_and_switches_in_memory(micro_params):
+    backbone = build_tiny_backbone(micro_params.model.tiny)
+    x, t, text = _inputs(backbone)
+    before = backbone.transformer(x, t, text, return_dict=False)[0]
+    expert = ParameterEfficientExpert(backbone.transformer, TinyBackbone.timestep_layers, 4, 8.0,
+                                      micro_params.detail.lora_targets)
+    torch.testing.assert_close(expert(x, t, text, return_dict=False)[0], before)  # LoRA B = 0, copies equal
+    with torch.no_grad():
+        for p in expert.trainable_parameters():
+            p.add_(0.05)
+    detail = expert(x, t, text, return_dict=False)[0]
+    semantic = backbone.transformer(x, t, text, return_dict=False)[0]
+    assert (detail - before).abs().max() > 1e-3
+    torch.testing.assert_close(semantic, before)  # outside the call, the base is the semantic expert again
+
+
+def test_pe_training_touches_only_lora_and_copies(micro_params):
+    backbone, expert = _expert(micro_params)
+    frozen = {n: p.detach().clone() for n, p in expert.base_parameters().items()}
+    opt = torch.optim.AdamW(expert.trainable_parameters(), lr=1e-2)
+    x, t, text = _inputs(backbone)
+    for _ in range(3):
+        loss = expert(x, t, text, return_dict=False)[0].pow(2).mean()
+        loss.backward()
+        for n, p in expert.base_parameters().items():
+            assert p.grad is None, n
+        assert all(p.grad is not None for p in expert.trainable_parameters())
+        opt.step()
+        opt.zero_grad()
+    for n, p in expert.base_parameters().items():
+        assert torch.equal(p, frozen[n]), n  # bit-identical
+    names = [n for n, p in expert.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n or n.startswith(("copies.", "copy_modules.")) for n in names)
+    overhead = count_parameters(expert.trainable_parameters()) / count_parameters(expert.base_parameters().values())
+    assert 0 < overhead < 1
+
+
+def test_pe_save_and_load_reproduce_the_expert(micro_params, tmp_path):
+    backbone, expert = _expert(micro_params)
+    with torch.no_grad():
+        for p in expert.trainable_parameters():
+            p.normal_()
+    x, t, text = _inputs(backbone)
+    out = expert(x, t, text, return_dict=False)[0]
+    expert.save(tmp_path)
+    fresh = build_tiny_backbone(micro_params.model.tiny)
+    loaded = ParameterEfficientExpert.load(fresh.transformer, tmp_path)
+    torch.testing.assert_close(loaded(x, t, text, return_dict=False)[0], out)
+
+
+def test_discriminator_works_at_any_frame_count_and_resolution(micro_params):
+    backbone = build_tiny_backbone(micro_params.model.tiny)
+    cfg = backbone.transformer.config
+    taps = FeatureTaps(backbone.transformer.blocks, stride=1)
+    disc = Discriminator(cfg.num_attention_heads * cfg.attention_head_dim, len(taps.indices), width=8)
+    for frames, size in ((8, 32), (12, 48)):
+        x, t, text = _inputs(backbone, frames, size)
+        with taps.capture() as features:
+            backbone.transformer(x, t, text, return_dict=False)
+        grid = token_grid(x.shape, cfg.patch_size)
+        logits = disc(features, grid)
+        assert len(logits) == len(taps.indices)
+        assert logits[0].shape == (2 * grid[0], 1, grid[1], grid[2])
+
+
+def test_hinge_losses():
+    real, fake = [torch.full((4,), 2.0)], [torch.full((4,), -2.0)]
+    assert d_hinge(real, fake).item() == 0.0  # confident and right
+    assert d_hinge(fake, real).item() == 6.0  # confident and wrong: (1+2) + (1+2)
+    assert g_hinge([torch.full((4,), 2.0)]).item() == 0.0
+    assert g_hinge([torch.full((4,), -1.0)]).item() == 2.0

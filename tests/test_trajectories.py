@@ -1,0 +1,91 @@
+"""Teacher trajectories: content, resume, integrity checks, online steps for points not stored."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from dcm import flow
+from dcm.models import load_backbone
+from dcm.pipeline import run_trajectories
+from dcm.sampling import euler_sample, guided, initial_noise
+from dcm.trajectories import TrajectoryError, TrajectorySpec, load
+
+from conftest import with_overrides
+
+TEACHER = Path("artifacts/teacher/model")
+OUT = Path("artifacts/trajectories")
+
+
+def _spec(params):
+    w = params.world
+    return TrajectorySpec.from_params(params, (3, w.frames, w.size, w.size))
+
+
+def test_trajectories_are_the_guided_teacher_ode(workspace, micro_distill):
+    run_trajectories(micro_distill)
+    data = load(OUT, _spec(micro_distill))
+    manifest = json.loads((OUT / "manifest.json").read_text())
+    assert data.latents.shape == (4, micro_distill.flow.steps + 1, 3, 8, 32, 32)
+    assert data.latents.dtype == torch.float16
+    assert manifest["videos"] == 4 and len(manifest["shards"]) == 2
+    first = manifest["shards"][0]
+    # the noise end is the seed's initial noise; the clean end is what the CFG sampler produces
+    backbone = load_backbone(TEACHER)
+    text = backbone.encode_prompts(first["prompts"])
+    noise = initial_noise(first["seeds"], (3, 8, 32, 32))
+    torch.testing.assert_close(data.latents[:2, -1].float(), noise, atol=2e-3, rtol=2e-3)
+    v = guided(lambda x, s, c: backbone.velocity(backbone.transformer, x, s, c), text,
+               backbone.encode_prompts([""]).expand(2, -1, -1), micro_distill.trajectories.guidance_scale)
+    clean = euler_sample(v, noise, flow.sigma_grid(micro_distill.flow.steps, micro_distill.flow.shift).flip(0))
+    torch.testing.assert_close(data.latents[:2, 0].float(), clean, atol=5e-3, rtol=5e-3)
+
+
+def test_finished_shards_are_skipped_on_rerun(workspace, micro_distill):
+    run_trajectories(micro_distill)
+    shard = OUT / "shard-00001.safetensors"
+    stamp = shard.stat().st_mtime_ns
+    os.remove(OUT / "shard-00000.safetensors")  # as if killed while writing the first
+    run_trajectories(micro_distill)
+    assert shard.stat().st_mtime_ns == stamp
+    assert (OUT / "shard-00000.safetensors").exists()
+    load(OUT, _spec(micro_distill))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(p.read_bytes()[:-100]), "truncated"),
+    (lambda p: p.write_bytes(p.read_bytes()[:-1] + bytes([p.read_bytes()[-1] ^ 1])), "sha256"),
+    (lambda p: p.unlink(), "missing"),
+])
+def test_damaged_shards_are_clear_errors_naming_the_file(workspace, micro_distill, damage, message):
+    run_trajectories(micro_distill)
+    damage(OUT / "shard-00001.safetensors")
+    with pytest.raises(TrajectoryError, match=message) as err:
+        load(OUT, _spec(micro_distill))
+    assert "shard-00001.safetensors" in str(err.value)
+
+
+def test_trajectories_made_with_other_settings_are_refused(workspace, micro_distill):
+    run_trajectories(micro_distill)
+    other = with_overrides(micro_distill, {"flow": {"shift": 5.0}})
+    with pytest.raises(TrajectoryError, match="rerun the trajectories stage"):
+        load(OUT, _spec(other))
+
+
+def test_points_not_stored_come_from_an_online_teacher_step(workspace, micro_distill):
+    from dcm.distill.trainer import _Batch, _previous_point
+
+    run_trajectories(micro_distill)
+    full = load(OUT, _spec(micro_distill))
+    sparse_params = with_overrides(micro_distill, {"trajectories": {"store_every": 2}})
+    run_trajectories(sparse_params)
+    sparse = load(OUT, _spec(sparse_params))
+    assert sparse.latents.shape[1] == micro_distill.flow.steps // 2 + 1
+    backbone = load_backbone(TEACHER)
+    points = torch.tensor([2, 4])  # stored; their predecessors 1 and 3 are not
+    batch = _Batch(sparse, points, torch.zeros(2, dtype=torch.long), 4, torch.Generator().manual_seed(0))
+    online = _previous_point(sparse, batch, backbone, backbone.encode_prompts([""]))
+    stored = full.at(batch.videos, batch.i - 1)
+    torch.testing.assert_close(online, stored, atol=5e-3, rtol=5e-3)
