@@ -69,11 +69,11 @@ def test_rendered_videos_are_recognised(clean):
 
 def test_speed_is_recovered(clean):
     world, _, _ = clean
-    video = render_video("a green square moving right on a noise background", 5, world)
+    video = render_video("a green square moving right on a diagonal background", 5, world)
     from dcm.world.render import draw_layout
     from dcm.world import parse_prompt
 
-    truth = draw_layout(parse_prompt("a green square moving right on a noise background"), 5, world)
+    truth = draw_layout(parse_prompt("a green square moving right on a diagonal background"), 5, world)
     assert analyze_video(video, world).speed == pytest.approx(abs(truth.velocity[0]), abs=0.05)
 
 

@@ -28,7 +28,7 @@ class WorldParams(_Section):
 
     frames: int = Field(8, ge=4, le=64, description="frames per video")
     size: int = Field(32, ge=16, le=256, description="frame height and width in pixels")
-    object_radius: float = Field(4.0, gt=1.0, description="object radius (px) for a circle; others equal-area")
+    object_radius: float = Field(5.0, gt=1.0, description="object radius (px) for a circle; others equal-area")
     speed_min: float = Field(1.0, gt=0.0, description="slowest speed, px per frame")
     speed_max: float = Field(2.0, gt=0.0, description="fastest speed, px per frame")
     texture_period: int = Field(4, ge=2, le=16, description="period of stripes and checker, px")

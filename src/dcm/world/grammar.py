@@ -27,7 +27,7 @@ DIRECTIONS: dict[str, tuple[int, int]] = {
     "up": (0, -1),
     "down": (0, 1),
 }
-TEXTURES: tuple[str, ...] = ("stripes", "checker", "noise")
+TEXTURES: tuple[str, ...] = ("stripes", "checker", "diagonal")
 
 TEMPLATE = "a {color} {shape} moving {direction} on a {texture} background"
 _PATTERN = re.compile(r"^a (\S+) (\S+) moving (\S+) on a (\S+) background$")

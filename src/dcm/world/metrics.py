@@ -57,8 +57,7 @@ NORMALISATION_MAX = 1.0
 _CORE_SATURATION = 0.5  # pixels this saturated are certainly object (all palette colours are)
 _MIN_ALPHA = 0.15  # coverage below this is treated as background noise
 _AREA_RANGE = (0.3, 3.0)  # a frame "has the object" if its area is within this share of expected
-_TEXTURE_CORRELATION = 0.5  # a periodic texture is recognised above this correlation
-_NOISE_TEXTURE_STD = 0.03  # an aperiodic background this busy is the noise texture
+_TEXTURE_CORRELATION = 0.5  # a texture is recognised above this correlation with its template
 
 
 @dataclass
@@ -152,27 +151,23 @@ def _classify_texture(background: np.ndarray, visible: np.ndarray, cfg: WorldCon
         return None
     best_name, best_corr = None, 0.0
     period = cfg.texture_period
-    for name in ("stripes", "checker"):
-        phases = [(p, 0) for p in range(period)] if name == "stripes" else [
-            (p, q) for p in range(period) for q in range(period)
+    for name in TEXTURES:
+        phases = [(p, q) for p in range(period) for q in range(period)] if name == "checker" else [
+            (p, 0) for p in range(period)
         ]
         for phase in phases:
-            template = render_texture(name, phase, 0, cfg)
+            template = render_texture(name, phase, cfg)
             corr = _correlation(background[pixels], template[pixels])
             if corr > best_corr:
                 best_name, best_corr = name, corr
-    if best_corr >= _TEXTURE_CORRELATION:
-        return best_name
-    if background[pixels].std() >= _NOISE_TEXTURE_STD:
-        return "noise"
-    return None
+    return best_name if best_corr >= _TEXTURE_CORRELATION else None
 
 
 @functools.lru_cache(maxsize=64)
 def _reference_detail(texture: str, cfg: WorldConfig) -> float:
     """Laplacian energy of a rendered background of this texture (the sharpness target)."""
-    images = [render_texture(texture, (0, 0), seed, cfg) for seed in range(8)]
-    return float(np.mean([_laplacian_energy(im, np.ones_like(im)) for im in images]))
+    image = render_texture(texture, (0, 0), cfg)
+    return _laplacian_energy(image, np.ones_like(image))
 
 
 def analyze_video(video: np.ndarray, cfg: WorldConfig, prompt: Prompt | str | None = None) -> VideoAnalysis:

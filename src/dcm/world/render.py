@@ -2,8 +2,8 @@
 
 Videos are float arrays shaped ``(T, H, W, 3)`` with values in ``[0, 1]``. A saturated,
 anti-aliased shape moves at constant velocity over a static grayscale texture with fine,
-high-frequency detail. The seed fixes the start position, the speed and the texture phase
-(and the pixels of the ``noise`` texture), so the same ``(prompt, seed)`` always renders the
+high-frequency detail. The seed fixes the start position, the speed and the texture phase,
+so the same ``(prompt, seed)`` always renders the
 same video, and the evaluator can compare anything against rendered ground truth.
 """
 
@@ -24,7 +24,7 @@ class WorldConfig:
 
     frames: int = 8
     size: int = 32
-    object_radius: float = 4.0
+    object_radius: float = 5.0
     speed_min: float = 1.0
     speed_max: float = 2.0
     texture_period: int = 4
@@ -60,7 +60,6 @@ class Layout:
     start: tuple[float, float]
     velocity: tuple[float, float]
     phase: tuple[int, int]
-    noise_seed: int
 
 
 def draw_layout(prompt: Prompt, seed: int, cfg: WorldConfig) -> Layout:
@@ -83,11 +82,10 @@ def draw_layout(prompt: Prompt, seed: int, cfg: WorldConfig) -> Layout:
         start=(start[0], start[1]),
         velocity=(dx * speed, dy * speed),
         phase=phase,
-        noise_seed=int(rng.integers(2**31)),
     )
 
 
-def render_texture(texture: str, phase: tuple[int, int], noise_seed: int, cfg: WorldConfig) -> np.ndarray:
+def render_texture(texture: str, phase: tuple[int, int], cfg: WorldConfig) -> np.ndarray:
     """A static grayscale background, ``(H, W)`` in ``[0, 1]``."""
     n = cfg.size
     half = cfg.texture_period // 2
@@ -96,8 +94,8 @@ def render_texture(texture: str, phase: tuple[int, int], noise_seed: int, cfg: W
         bit = ((x + phase[0]) // half) % 2
     elif texture == "checker":
         bit = (((x + phase[0]) // half) + ((y + phase[1]) // half)) % 2
-    elif texture == "noise":
-        bit = np.random.default_rng(noise_seed).random((n, n))
+    elif texture == "diagonal":
+        bit = ((x + y + phase[0]) // half) % 2
     else:  # grammar validation happens in Prompt; this guards direct callers
         raise ValueError(f"unknown texture {texture!r}")
     return (cfg.texture_low + (cfg.texture_high - cfg.texture_low) * bit).astype(np.float32)
@@ -132,7 +130,7 @@ def render_video(prompt: Prompt | str, seed: int, cfg: WorldConfig = WorldConfig
     cx = layout.start[0] + layout.velocity[0] * t
     cy = layout.start[1] + layout.velocity[1] * t
     alpha = shape_coverage(prompt.shape, cx, cy, cfg)[..., None]
-    background = render_texture(prompt.texture, layout.phase, layout.noise_seed, cfg)
+    background = render_texture(prompt.texture, layout.phase, cfg)
     background = np.broadcast_to(background[None, :, :, None], alpha.shape[:3] + (3,))
     color = np.asarray(COLORS[prompt.color], np.float32)
     return (alpha * color + (1 - alpha) * background).astype(np.float32)
