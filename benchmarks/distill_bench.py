@@ -1,7 +1,7 @@
 """Distillation figures: trajectory throughput, seconds per training step of every stage, and
 parameter counts (teacher; detail expert trainable with PE and with OD).
 
-    python benchmarks/distill_bench.py [--params params.yaml] [--steps 6] [--videos 16]
+    python benchmarks/distill_bench.py [--params params.yaml] [--steps 6] [--videos 16] [--teacher DIR]
 
 Runs in a temporary directory against the trained teacher in artifacts/teacher/model, with the
 stage settings of the params file but only ``--steps`` steps per stage; prints one table.
@@ -27,10 +27,12 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--steps", type=int, default=6, help="training steps per stage (the first is a warm-up)")
     parser.add_argument("--videos", type=int, default=16, help="trajectories to generate for the throughput figure")
+    parser.add_argument("--teacher", default="artifacts/teacher/model", help="teacher directory (speed does not "
+                        "depend on its weights: a random one built by `dcm` works too)")
     args = parser.parse_args()
     root = Path.cwd()
     base = load_params(args.params)
-    teacher_dir = (root / "artifacts/teacher/model").resolve()
+    teacher_dir = (root / args.teacher).resolve()
     work = Path(tempfile.mkdtemp(prefix="dcm-bench-"))
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
     os.chdir(work)

@@ -34,9 +34,17 @@ def test_bad_values_name_key_value_and_allowed_range(data, key, allowed):
 
 
 def test_boundary_is_checked_against_the_grid():
-    assert parse_params({"boundary": 3, "flow": {"steps": 4}}).boundary == 3
+    short = {"flow": {"steps": 4}, "sample": {"steps": [2]}}
+    assert parse_params({"boundary": 3, **short}).boundary == 3
     with pytest.raises(ParamsError, match="flow.steps = 4"):
-        parse_params({"boundary": 4, "flow": {"steps": 4}})
+        parse_params({"boundary": 4, **short})
+
+
+def test_sample_steps_must_fit_both_sub_trajectories():
+    with pytest.raises(ParamsError, match="boundary = 47"):
+        parse_params({"boundary": 47})
+    with pytest.raises(ParamsError, match="sample.steps"):
+        parse_params({"sample": {"steps": [0]}})
 
 
 def test_missing_file_and_non_mapping_are_clear(tmp_path):

@@ -28,8 +28,10 @@ SMOKE = {
     "detail": {"steps": 2, "lora_rank": 2, "lora_alpha": 4.0, "head_width": 8},
     "lcm": {"steps": 2},
     "pcm": {"steps": 2, "phases": 2},
+    "sample": {"videos": 2, "steps": [2, 4], "batch_size": 2, "latency_batch": 1, "latency_repeats": 1},
 }
-STAGES = ["detail", "lcm", "pcm", "semantic", "teacher", "teacher_eval", "trajectories"]
+STAGES = ["detail", "evaluate", "lcm", "pcm", "report", "sample", "semantic", "teacher", "teacher_eval",
+          "trajectories"]
 
 
 def _run(cmd, cwd, env):
@@ -85,6 +87,19 @@ def test_repro_writes_the_teacher_and_its_report(repo):
     for stage in ("semantic", "lcm", "pcm"):
         assert (repo / "artifacts" / stage / "model" / "config.json").exists()
     assert (repo / "artifacts/detail/detail.safetensors").exists()
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert sorted(metrics) == ["dcm@2", "dcm@4", "lcm@2", "lcm@4", "pcm@2", "pcm@4", "teacher@8"]
+    for key, entry in metrics.items():
+        assert {"latency_s", "total", "quality", "semantic", "psnr_vs_teacher"} <= entry.keys(), key
+        assert entry["vbench_dimensions"] == "temporal_flickering"
+    for key in metrics:
+        records = read_manifest(repo / "artifacts/samples" / key)
+        assert [r["seed"] for r in records] == [r["seed"] for r in read_manifest(repo / "artifacts/samples/teacher@8")]
+    report = (repo / "reports/report.md").read_text()
+    assert "Table 1" in report and "Table 3" in report
+    for figure in ("adjacent_l1.png", "noise_levels_lcm.png", "parameter_change.png", "methods_4step.png",
+                   "methods_4step.gif"):
+        assert (repo / "reports/figures" / figure).stat().st_size > 500, figure
 
 
 def test_second_repro_reuses_everything(repo):
@@ -99,7 +114,12 @@ def test_each_stage_logged_one_tagged_mlflow_run_at_the_repo_root(repo):
     assert (repo / "mlflow.db").exists()
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["dcm"], output_format="pandas")
+    parents = runs[runs["tags.dcm.parent"] == "true"]
+    assert len(parents) == 1  # one run for the experiment (here the workspace), stages nested under it
+    runs = runs[runs["tags.dcm.parent"] != "true"]
     assert sorted(runs["tags.dcm.stage"]) == STAGES
+    assert set(runs["tags.mlflow.parentRunId"]) == {parents.iloc[0]["run_id"]}
+    assert parents.iloc[0]["metrics.dcm_4/total"] >= 0  # headline metrics on the parent
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
     assert set(runs["tags.git.revision"]) == {head}
     assert set(runs["tags.dvc.exp_name"]) == {"workspace"}
@@ -108,3 +128,130 @@ def test_each_stage_logged_one_tagged_mlflow_run_at_the_repo_root(repo):
     assert 0.0 <= teacher_eval["metrics.total"] <= 1.0
     assert teacher_eval["artifact_uri"].startswith((repo / "mlartifacts").as_uri())
     assert (repo / "mlartifacts").is_dir()
+
+
+@pytest.mark.parametrize("override, changed", [
+    ({"ablation": {"gf": False}}, {"detail"}),
+    ({"ablation": {"tc": False}}, {"semantic", "detail"}),
+    ({"boundary": 3}, {"semantic", "detail", "sample", "report"}),
+    ({"pcm": {"phases": 4}}, {"pcm"}),
+    ({"teacher_eval": {"videos": 2}}, {"teacher_eval"}),
+])
+def test_a_param_change_reruns_exactly_what_depends_on_it(repo, override, changed):
+    repo, env, _ = repo
+    original = (repo / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    for key, value in override.items():
+        if isinstance(value, dict):
+            params[key].update(value)
+        else:
+            params[key] = value
+    try:
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        status = json.loads(_run(["dvc", "status", "--json"], repo, env).strip().splitlines()[-1])
+        directly = {stage for stage, reasons in status.items()
+                    if any("changed params" in r for r in reasons if isinstance(r, dict))}
+        assert directly == changed
+    finally:
+        (repo / "params.yaml").write_text(original)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def tracking_server(repo, tmp_path):
+    """A real MLflow tracking server on localhost, stopped after the test."""
+    import time
+    import urllib.request
+
+    repo, env, _ = repo
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--workers", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("the MLflow server did not start")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _api(url, path, body=None):
+    import urllib.request
+
+    request = urllib.request.Request(f"{url}/api/2.0/mlflow/{path}", method="POST" if body else "GET",
+                                     data=json.dumps(body).encode() if body else None,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_a_queued_grid_with_two_jobs_lands_in_a_tracking_server(repo, tracking_server):
+    repo, env, _ = repo
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    _run([*git, "add", "-A"], repo, env)
+    _run([*git, "commit", "-qm", "baseline outputs"], repo, env)
+    env = {**env, "MLFLOW_TRACKING_URI": tracking_server}
+    out = _run([str(Path(sys.executable).parent / "dcm"), "grid", "boundary", "--values", "3,5", "--jobs", "2",
+                "--prefix", "t"], repo, env)
+    assert "finished: t-boundary-3, t-boundary-5" in out
+
+    experiment = _api(tracking_server, "experiments/get-by-name?experiment_name=dcm")["experiment"]
+    runs = _api(tracking_server, "runs/search", {"experiment_ids": [experiment["experiment_id"]],
+                                                 "max_results": 500})["runs"]
+
+    def tags(run):
+        return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+    parents = {tags(r)["dvc.exp_name"]: r for r in runs if tags(r).get("dcm.parent") == "true"}
+    assert {"t-boundary-3", "t-boundary-5"} <= set(parents)
+    for boundary in (3, 5):
+        parent = parents[f"t-boundary-{boundary}"]
+        children = [r for r in runs if tags(r).get("mlflow.parentRunId") == parent["info"]["run_id"]]
+        stages = {tags(r)["dcm.stage"] for r in children}
+        assert {"semantic", "detail", "sample", "evaluate", "report"} <= stages
+        assert all(tags(r)["boundary"] == str(boundary) for r in children)
+        assert all(tags(r)["dvc.baseline_rev"] for r in children)
+        params = {p["key"]: p["value"] for p in parent["data"]["params"]}
+        assert params["boundary"] == str(boundary)
+        metrics = {m["key"] for m in parent["data"]["metrics"]}
+        assert "dcm_4/total" in metrics
+        evaluate = next(r for r in children if tags(r)["dcm.stage"] == "evaluate")
+        listing = _api(tracking_server, f"artifacts/list?run_id={evaluate['info']['run_id']}")
+        assert "metrics.json" in {f["path"] for f in listing["files"]}
+        artifact_root = evaluate["info"]["artifact_uri"].removeprefix("file://")
+        assert artifact_root.startswith(str(repo / "mlartifacts"))  # not inside DVC's temporary copy
+        assert (Path(artifact_root) / "metrics.json").exists()
+    assert not list((repo / ".dvc" / "tmp" / "exps").glob("tmp*/reports/metrics.json"))
+
+
+def test_a_grid_with_a_failing_experiment_fails_and_names_it(repo):
+    from dcm.config import load_params
+    from dcm.experiments import GridError, run_grid
+
+    repo, env, _ = repo
+    old = dict(os.environ)
+    os.environ.update(env)
+    try:
+        with pytest.raises(GridError, match="f-broken"):
+            run_grid([("fine", {"boundary": 3}), ("broken", {"distill.batch_size": 0})],
+                     load_params(repo / "params.yaml"), jobs=2, prefix="f", cwd=repo)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)

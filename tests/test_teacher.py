@@ -64,3 +64,20 @@ def test_heldout_seeds_are_never_training_seeds():
 def test_missing_model_names_the_files_expected(tmp_path):
     with pytest.raises(FileNotFoundError, match="backbone.json"):
         load_backbone(tmp_path / "nowhere")
+
+
+def test_more_steps_continue_a_finished_run_and_other_params_restart_it(tmp_path, micro_params, monkeypatch):
+    train_teacher(micro_params, tmp_path / "t")
+    real_batch = teacher_mod.training_batch
+    steps_taken = []
+
+    def counting(params, table, step):
+        steps_taken.append(step)
+        return real_batch(params, table, step)
+
+    monkeypatch.setattr(teacher_mod, "training_batch", counting)
+    train_teacher(micro_params.with_overrides({"teacher": {"steps": 8}}), tmp_path / "t")
+    assert steps_taken == [6, 7]
+    steps_taken.clear()
+    train_teacher(micro_params.with_overrides({"teacher": {"steps": 8, "lr": 5e-4}}), tmp_path / "t")
+    assert steps_taken == list(range(8))

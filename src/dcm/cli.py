@@ -96,6 +96,91 @@ _distill_command("lcm", "Train the LCM baseline: one student, one phase over the
 _distill_command("pcm", "Train the PCM baseline: one student, pcm.phases phases over the whole trajectory.")
 
 
+@app.command("sample")
+def sample_cmd(path: Path = ParamsOption) -> None:
+    """Sample every method of sample.methods (teacher at flow.steps with CFG; lcm, pcm and dcm at each
+    of sample.steps with guidance 1) on the same held-out prompts and initial noise, into
+    artifacts/samples/<method>@<steps>/ (mp4 + manifest.jsonl), and time each one."""
+    from dcm.pipeline import run_sample
+    from dcm.students import SamplingError
+
+    try:
+        run_sample(_params(path))
+    except SamplingError as err:
+        typer.secho(str(err), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command("evaluate")
+def evaluate_cmd(path: Path = ParamsOption) -> None:
+    """Score artifacts/samples: toy-world Semantic/Quality/Total, PSNR and SSIM against the teacher,
+    and VBench (temporal_flickering, plus any dimension whose weights are under $VBENCH_CACHE_DIR).
+    Writes reports/metrics.json and reports/evaluation/videos.csv."""
+    from dcm.pipeline import run_evaluate
+
+    run_evaluate(_params(path))
+
+
+@app.command("report")
+def report_cmd(path: Path = ParamsOption) -> None:
+    """Write reports/report.md (Table 1 and Table 3 analogs) and reports/figures/ (loss and grad norm by
+    noise level, adjacent-step L1 with the boundary, parameter change by module type, and a 4-step
+    side-by-side grid and GIF); log all of it to MLflow."""
+    from dcm.pipeline import run_report
+
+    run_report(_params(path))
+
+
+@app.command()
+def grid(
+    name: str = typer.Argument(..., help="'ablations' (the paper's Table 3 rows) or 'boundary' (a sweep)"),
+    values: str = typer.Option("25,30,35,40,45", help="boundary values: a list '30,35' or a range '20:45:5' "
+                               "(end excluded)"),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="experiments run in parallel"),
+    prefix: str = typer.Option(None, help="experiment name prefix (default: a timestamp)"),
+    path: Path = ParamsOption,
+) -> None:
+    """Queue a named grid of DVC experiments and run it; exit non-zero naming any that failed.
+
+    Run `dvc repro` first so the queued experiments start from cached outputs. Compare the
+    results with `dcm compare` or in the MLflow UI (one parent run per experiment).
+    """
+    from dcm.experiments import GridError, ablation_grid, boundary_grid, parse_values, run_grid
+
+    params = _params(path)
+    try:
+        if name == "ablations":
+            experiments = ablation_grid()
+        elif name == "boundary":
+            experiments = boundary_grid(parse_values(values), params)
+        else:
+            raise ValueError(f"unknown grid {name!r}; known: ablations, boundary")
+        names = run_grid(experiments, params, jobs=jobs, prefix=prefix)
+    except (ValueError, GridError) as err:
+        typer.secho(str(err), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    typer.echo("finished: " + ", ".join(names))
+
+
+@app.command()
+def compare(
+    source: str = typer.Option("mlflow", help="'mlflow' (parent runs) or 'dvc' (dvc exp show --json)"),
+    out: Path = typer.Option(Path("reports"), help="folder for ablation.md and boundary.png"),
+    path: Path = ParamsOption,
+) -> None:
+    """Write reports/ablation.md (Table 3 analog) and reports/boundary.png (Total against boundary)
+    from the experiments' runs."""
+    from dcm.experiments import ablation_markdown, boundary_plot, dvc_runs, mlflow_runs
+    from dcm.io import atomic_write_text
+
+    params = _params(path)
+    frame = mlflow_runs(params) if source == "mlflow" else dvc_runs()
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "ablation.md", ablation_markdown(frame))
+    boundary_plot(frame, out / "boundary.png")
+    typer.echo(f"{len(frame)} experiments -> {out / 'ablation.md'}, {out / 'boundary.png'}")
+
+
 @app.command()
 def render(
     prompt: str = typer.Argument(..., help="e.g. 'a red circle moving left on a stripes background'"),

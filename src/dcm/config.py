@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from dcm.world.render import WorldConfig
 
@@ -178,6 +178,35 @@ class BaselineParams(_Section):
     phases: int = Field(1, ge=1, description="PCM phases K (LCM is K = 1)")
 
 
+class SampleParams(_Section):
+    """Few-step sampling of every method on shared prompts and noise (stage ``sample``)."""
+
+    methods: tuple[Literal["teacher", "lcm", "pcm", "dcm"], ...] = ("teacher", "lcm", "pcm", "dcm")
+    steps: tuple[int, ...] = Field((2, 4, 8), description="student step counts (the teacher uses flow.steps)")
+    videos: int = Field(32, ge=1, description="videos per method and step count (held-out prompts and seeds)")
+    batch_size: int = Field(16, ge=1)
+    seed: int = Field(1, description="which held-out set (teacher_eval uses 0)")
+    latency_batch: int = Field(4, ge=1, description="videos per timed batch")
+    latency_repeats: int = Field(3, ge=1, description="timed batches after one warm-up; the median is reported")
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, steps: tuple[int, ...], info: ValidationInfo) -> tuple[int, ...]:
+        if not steps or any(k < 1 for k in steps):
+            raise ValueError("each step count must be >= 1")
+        odd = [k for k in steps if k % 2]
+        if "dcm" in info.data.get("methods", ()) and odd:
+            raise ValueError(f"dcm splits steps evenly between its two experts, so {odd} cannot be served; "
+                             "use even step counts or drop dcm from sample.methods")
+        return steps
+
+
+class EvaluateParams(_Section):
+    """Scoring of the samples (stage ``evaluate``)."""
+
+    vbench: bool = Field(True, description="run VBench's temporal_flickering (and any dimension with weights)")
+
+
 class TrackingParams(_Section):
     experiment: str = Field("dcm", min_length=1, description="MLflow experiment name")
 
@@ -198,6 +227,8 @@ class Params(_Section):
     detail: DetailParams = DetailParams()
     lcm: BaselineParams = BaselineParams(phases=1)
     pcm: BaselineParams = BaselineParams(phases=4)
+    sample: SampleParams = SampleParams()
+    evaluate: EvaluateParams = EvaluateParams()
     tracking: TrackingParams = TrackingParams()
 
     @model_validator(mode="after")
@@ -209,6 +240,13 @@ class Params(_Section):
             )
         if self.lcm.phases != 1:
             raise ValueError(f"lcm.phases = {self.lcm.phases}: LCM is one phase by definition; use pcm.phases")
+        n, k = self.flow.steps, self.boundary
+        for steps in self.sample.steps:
+            if steps > n:
+                raise ValueError(f"sample.steps has {steps}, more than the {n}-step grid (flow.steps) holds")
+            if "dcm" in self.sample.methods and (steps // 2 > n - k or steps // 2 > k):
+                raise ValueError(f"sample.steps has {steps}: dcm takes {steps // 2} steps in [{n}, {k}] and "
+                                 f"{steps // 2} in [{k}, 0], which boundary = {k} on a {n}-step grid cannot hold")
         if self.pcm.phases > self.flow.steps:
             raise ValueError(f"pcm.phases = {self.pcm.phases} must be at most flow.steps = {self.flow.steps}")
         return self
@@ -228,14 +266,17 @@ class Params(_Section):
         return dict(_flatten(self.model_dump()))
 
 
-def fingerprint(params: Params, keys: tuple[str, ...]) -> str:
-    """A short hash of the named sections or dotted keys: a checkpoint is resumed only by a run
-    whose fingerprint matches, so a stale checkpoint from other params is never continued."""
+def fingerprint(params: Params, keys: tuple[str, ...], ignore: tuple[str, ...] = ()) -> str:
+    """A short hash of the named sections or dotted keys (minus ``ignore``): a checkpoint is
+    resumed only by a run whose fingerprint matches, so a stale checkpoint from other params is
+    never continued."""
     import hashlib
     import json
 
-    flat = params.flat()
-    chosen = {k: v for k, v in flat.items() if any(k == key or k.startswith(f"{key}.") for key in keys)}
+    def under(k: str, names: tuple[str, ...]) -> bool:
+        return any(k == n or k.startswith(f"{n}.") for n in names)
+
+    chosen = {k: v for k, v in params.flat().items() if under(k, keys) and not under(k, ignore)}
     return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -15,7 +15,9 @@ on the shared base for the call; with OD it is a second transformer.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,10 +69,18 @@ class Generator:
     detail: torch.nn.Module | None = None  # DCM only
     boundary_sigma: float | None = None
 
-    def transformer_for(self, sigma: float) -> torch.nn.Module:
-        if self.detail is not None and sigma <= self.boundary_sigma + 1e-7:
-            return self.detail
-        return self.semantic
+    def uses_detail(self, sigma: float) -> bool:
+        return self.detail is not None and sigma <= self.boundary_sigma + 1e-7
+
+    @contextlib.contextmanager
+    def detail_model(self) -> Iterator[torch.nn.Module]:
+        """The detail expert for a run of detail steps: PE is fused in place (no reload, no
+        per-step LoRA cost); OD is the second transformer already in memory."""
+        if isinstance(self.detail, ParameterEfficientExpert):
+            with self.detail.fused() as model:
+                yield model
+        else:
+            yield self.detail
 
 
 def _require(path: Path, what: str) -> None:
@@ -118,15 +128,18 @@ def sample(generator: Generator, backbone: TinyBackbone, prompts: list[str], see
     for start in range(0, len(prompts), batch_size):
         text = backbone.encode_prompts(prompts[start:start + batch_size])
         x = initial_noise(seeds[start:start + batch_size], shape)
-        for a, b in zip(generator.indices[:-1], generator.indices[1:], strict=True):
-            model = generator.transformer_for(float(sigmas[a]))
-            if generator.guidance_scale != 1.0:
-                both = backbone.velocity(model, torch.cat([x, x]), sigmas[a],
-                                         torch.cat([text, empty.expand(len(x), -1, -1)]))
-                v_cond, v_uncond = both.chunk(2)
-                v = v_uncond + generator.guidance_scale * (v_cond - v_uncond)
-            else:
-                v = backbone.velocity(model, x, sigmas[a], text)
-            x = flow.euler_step(x, v, sigmas[a], sigmas[b])
+        with contextlib.ExitStack() as stack:
+            model, in_detail = generator.semantic, False
+            for a, b in zip(generator.indices[:-1], generator.indices[1:], strict=True):
+                if generator.uses_detail(float(sigmas[a])) and not in_detail:  # one switch per batch
+                    model, in_detail = stack.enter_context(generator.detail_model()), True
+                if generator.guidance_scale != 1.0:
+                    both = backbone.velocity(model, torch.cat([x, x]), sigmas[a],
+                                             torch.cat([text, empty.expand(len(x), -1, -1)]))
+                    v_cond, v_uncond = both.chunk(2)
+                    v = v_uncond + generator.guidance_scale * (v_cond - v_uncond)
+                else:
+                    v = backbone.velocity(model, x, sigmas[a], text)
+                x = flow.euler_step(x, v, sigmas[a], sigmas[b])
         out.append(x)
     return torch.cat(out)

@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 HELDOUT_SEED_BASE = 2**31  # training seeds are drawn below, evaluation seeds start here
 CHECKPOINT = "checkpoint.pt"
 FINGERPRINT_KEYS = ("world", "flow", "model", "teacher")
+# Settings that do not change what the steps taken so far learned: raising teacher.steps
+# continues a run (with the cosine schedule stretched to the new length).
+FINGERPRINT_IGNORE = ("teacher.steps", "teacher.checkpoint_every", "teacher.eval_every", "teacher.eval_prompts",
+                      "teacher.eval_sample_steps", "teacher.eval_guidance_scale")
 
 
 def heldout_set(videos: int, seed: int = 0) -> list[tuple[Prompt, int]]:
@@ -136,10 +140,10 @@ def train_teacher(params: Params, out_dir: Path) -> TinyBackbone:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(params))
     state = TrainState()
     ckpt_path = out_dir / CHECKPOINT
-    fp = fingerprint(params, FINGERPRINT_KEYS)
+    fp = fingerprint(params, FINGERPRINT_KEYS, FINGERPRINT_IGNORE)
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
-    if ckpt is not None and ckpt.get("fingerprint") != fp:
-        log.warning("%s was written with other params (%s); training from scratch", ckpt_path, ckpt.get("fingerprint"))
+    if ckpt is not None and (ckpt.get("fingerprint") != fp or ckpt["state"]["step"] > t.steps):
+        log.warning("%s was written with other params, or past %d steps; training from scratch", ckpt_path, t.steps)
         ckpt = None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])

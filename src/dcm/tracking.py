@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow import MlflowClient
 
 from dcm.config import Params
 
@@ -57,9 +58,35 @@ def ensure_experiment(name: str, root: Path | None = None) -> str:
         return mlflow.get_experiment_by_name(name).experiment_id
 
 
+def experiment_name() -> str:
+    """The DVC experiment this process runs for (``workspace`` outside ``dvc exp run``)."""
+    return os.environ.get("DVC_EXP_NAME", "workspace")
+
+
+def parent_run(experiment_id: str, params: Params, tags: dict[str, str]) -> str:
+    """The run that groups every stage of one DVC experiment, created by its first stage.
+
+    Stages of one experiment run one after another, so looking it up by its tags is race-free;
+    parallel experiments have different names.
+    """
+    client = MlflowClient()
+    name, revision = tags["dvc.exp_name"], tags["git.revision"]
+    query = (f"tags.`dcm.parent` = 'true' and tags.`dvc.exp_name` = '{name}' "
+             f"and tags.`git.revision` = '{revision}'")
+    found = client.search_runs([experiment_id], filter_string=query, max_results=1)
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(experiment_id, run_name=name, tags={**tags, "dcm.parent": "true"})
+    for key, value in params.flat().items():
+        client.log_param(run.info.run_id, key, value)
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, params: Params, extra_tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun | None]:
-    """An MLflow run for one stage execution, tagged and with every param under its dotted key.
+    """An MLflow run for one stage execution, nested under its DVC experiment's parent run,
+    tagged, and with every param under its dotted key.
 
     Under ``accelerate launch`` only the main process opens a run; the others yield ``None``.
     """
@@ -71,19 +98,36 @@ def stage_run(stage: str, params: Params, extra_tags: dict[str, str] | None = No
     root = repo_root()
     experiment_id = ensure_experiment(params.tracking.experiment, root)
     tags = {
-        "dcm.stage": stage,
-        "dvc.exp_name": os.environ.get("DVC_EXP_NAME", "workspace"),
+        "dvc.exp_name": experiment_name(),
+        "dvc.baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", git_revision(root)),
         "git.revision": git_revision(root),
         "boundary": str(params.boundary),
-        **(extra_tags or {}),
+        **{f"ablation.{k}": str(v) for k, v in params.ablation.model_dump().items()},
     }
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{stage}", tags=tags) as run:
+    parent = parent_run(experiment_id, params, tags)
+    tags.update({"dcm.stage": stage, **(extra_tags or {})})
+    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags, parent_run_id=parent) as run:
         mlflow.log_params(params.flat())
         yield run
 
 
+def log_headline(metrics: dict[str, Any]) -> None:
+    """Log metrics on the active run's parent (the DVC experiment's run), for comparing experiments."""
+    run = mlflow.active_run()
+    parent = run and run.data.tags.get("mlflow.parentRunId")
+    if parent:
+        client = MlflowClient()
+        for key, value in metrics.items():
+            client.log_metric(parent, metric_name(key), float(value))
+
+
+def metric_name(key: str) -> str:
+    """MLflow's name for a metric: ``dcm@4/total`` becomes ``dcm_4/total`` ('@' is not allowed)."""
+    return key.replace("@", "_")
+
+
 def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
     """Log the numeric entries of ``metrics`` (others are skipped) to the active run."""
-    numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    numeric = {metric_name(k): float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     if numeric and mlflow.active_run() is not None:
         mlflow.log_metrics(numeric, step=step)

@@ -86,6 +86,30 @@ class ParameterEfficientExpert(nn.Module):
             for name, original in originals.items():
                 self._set(name, original)
 
+    @contextlib.contextmanager
+    def fused(self) -> Iterator[nn.Module]:
+        """Like :meth:`active`, with the LoRA merged into the base weights for the block, so a
+        detail step costs exactly what a semantic step costs (for sampling, not training).
+        Leaving the block unmerges; the base comes back up to float rounding (diffusers'
+        ``fuse_lora`` / ``unfuse_lora`` work the same way)."""
+        originals = {name: self._get(name) for name in self.timestep_layers}
+        for name in self.timestep_layers:
+            self._set(name, self._copy_of(name))
+        layers = [m for m in self.base.modules() if isinstance(m, BaseTunerLayer)]
+        _set_lora(self.base, True)  # a disabled PEFT layer would unmerge itself on its next call
+        with torch.no_grad():
+            for layer in layers:
+                layer.merge(adapter_names=[ADAPTER])
+        try:
+            yield self.base
+        finally:
+            with torch.no_grad():
+                for layer in layers:
+                    layer.unmerge()
+            _set_lora(self.base, False)
+            for name, original in originals.items():
+                self._set(name, original)
+
     def forward(self, *args, **kwargs):
         with self.active() as model:
             return model(*args, **kwargs)

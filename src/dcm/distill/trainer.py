@@ -44,6 +44,9 @@ _FINGERPRINT_KEYS = {  # the params each stage's checkpoint depends on
     "lcm": (*_COMMON, "lcm"),
     "pcm": (*_COMMON, "pcm"),
 }
+# Settings that do not change what the steps taken so far learned (the lr schedule is constant).
+_FINGERPRINT_IGNORE = ("distill.checkpoint_every", "distill.log_every", "distill.bucket_every",
+                       "semantic.steps", "detail.steps", "lcm.steps", "pcm.steps")
 
 
 @dataclass(frozen=True)
@@ -172,10 +175,11 @@ def distill(params: Params, stage: str, out_dir: Path, teacher_dir: Path, trajec
 
     step = 0
     ckpt_path = out_dir / CHECKPOINT
-    fp = fingerprint(params, _FINGERPRINT_KEYS[stage]) + data.manifest_sha256[:16]
+    fp = fingerprint(params, _FINGERPRINT_KEYS[stage], _FINGERPRINT_IGNORE) + data.manifest_sha256[:16]
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
-    if ckpt is not None and ckpt.get("fingerprint") != fp:
-        log.warning("%s: %s was written with other params or trajectories; starting over", stage, ckpt_path)
+    if ckpt is not None and (ckpt.get("fingerprint") != fp or ckpt["step"] > plan.steps):
+        log.warning("%s: %s was written with other params or trajectories, or past %d steps; starting over",
+                    stage, ckpt_path, plan.steps)
         ckpt = None
     if ckpt is not None:
         _load_student_state(student, ckpt["student"])
@@ -206,10 +210,11 @@ def distill(params: Params, stage: str, out_dir: Path, teacher_dir: Path, trajec
             atomic_torch_save(state, ckpt_path)
         accelerator.wait_for_everyone()
 
-    buckets = _BucketProbe(params, data, points, ends, sigmas, out_dir) if plan.role == "vanilla" else None
+    # Fig. 2 of the paper: one model over the whole trajectory (vanilla, LCM), loss and grads by noise level
+    buckets = _BucketProbe(params, data, points, ends, sigmas, out_dir) if plan.role in ("vanilla", "lcm") else None
     detail_sigmas = sigmas[1:params.boundary + 1]
     bar = tqdm(total=plan.steps, initial=step, desc=stage, disable=not accelerator.is_main_process)
-    first_step, started = step, time.perf_counter()
+    first_step, started, probe_seconds = step, time.perf_counter(), 0.0
     while step < plan.steps:
         gen = _generator(params, plan.role, step, accelerator.process_index)
         batch = _Batch(data, points, ends, d.batch_size, gen)
@@ -265,11 +270,13 @@ def distill(params: Params, stage: str, out_dir: Path, teacher_dir: Path, trajec
             log_metrics(metrics, step=step)
             bar.set_postfix(loss=f"{metrics['loss_consistency']:.4f}")
         if buckets is not None and accelerator.is_main_process and (step % d.bucket_every == 0 or step == 1):
+            tick = time.perf_counter()
             buckets.probe(raw, teacher, empty, step=step)
+            probe_seconds += time.perf_counter() - tick
         if step % d.checkpoint_every == 0 or step == plan.steps:
             save()
     bar.close()
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started - probe_seconds  # training steps only
 
     summary = {"stage": stage, "role": plan.role, "kind": "pe" if plan.pe else "full", "steps": plan.steps,
                "phases": [[p.start, p.end] for p in phases], "boundary": params.boundary,

@@ -1,0 +1,10 @@
+"""DVC stage `evaluate`: read params.yaml, call the library, write this stage's outputs."""
+
+import logging
+
+from dcm.config import load_params
+from dcm.pipeline import run_evaluate
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_evaluate(load_params("params.yaml"))

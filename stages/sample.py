@@ -1,0 +1,10 @@
+"""DVC stage `sample`: read params.yaml, call the library, write this stage's outputs."""
+
+import logging
+
+from dcm.config import load_params
+from dcm.pipeline import run_sample
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_sample(load_params("params.yaml"))

@@ -1,0 +1,85 @@
+"""Few-step sampling: schedules, expert switching, bad input before compute."""
+
+import pytest
+import torch
+
+from dcm import flow
+from dcm.distill.experts import ParameterEfficientExpert
+from dcm.models.tiny import TinyBackbone, build_tiny_backbone
+from dcm.students import Generator, SamplingError, load_generator, sample, schedule
+
+
+def test_dcm_splits_steps_evenly_between_the_experts():
+    assert schedule("dcm", 4, 50, 35) == [50, 42, 35, 18, 0]
+    assert schedule("dcm", 8, 50, 35) == [50, 46, 42, 39, 35, 26, 18, 9, 0]
+    assert schedule("dcm", 2, 50, 35) == [50, 35, 0]
+
+
+def test_baselines_spread_steps_over_the_grid_and_pcm_lands_on_its_phase_edges():
+    from dcm.distill.phases import even_phases
+
+    assert schedule("lcm", 4, 50, 35) == [50, 38, 25, 12, 0]
+    edges = [p.start for p in even_phases(50, 4)] + [0]
+    assert schedule("pcm", 4, 50, 35) == edges
+    assert set(edges) <= set(schedule("pcm", 8, 50, 35))
+    assert schedule("teacher", 50, 50, 35) == list(range(50, -1, -1))
+
+
+@pytest.mark.parametrize("method, steps, message", [
+    ("dcm", 3, "odd"),
+    ("sde", 4, "unknown method"),
+    ("teacher", 4, "full 50-step grid"),
+    ("lcm", 60, "cannot take 60 steps"),
+])
+def test_unservable_requests_are_clear_errors(method, steps, message):
+    with pytest.raises(SamplingError, match=message):
+        schedule(method, steps, 50, 35)
+
+
+def test_missing_students_are_named_before_any_compute(tmp_path, micro_params):
+    backbone = build_tiny_backbone(micro_params.model.tiny)
+    with pytest.raises(SamplingError, match=r"artifacts/pcm/model/config\.json"):
+        load_generator("pcm", 4, backbone, micro_params, tmp_path / "artifacts")
+    with pytest.raises(SamplingError, match="semantic expert"):
+        load_generator("dcm", 4, backbone, micro_params, tmp_path / "artifacts")
+
+
+def test_odd_steps_with_dcm_fail_in_params():
+    from dcm.config import ParamsError, parse_params
+
+    with pytest.raises(ParamsError, match="sample.steps"):
+        parse_params({"sample": {"steps": [3, 4]}})
+
+
+def _dcm(micro_params, pe_noise=0.02):
+    backbone = build_tiny_backbone(micro_params.model.tiny)
+    semantic = backbone.transformer
+    detail = ParameterEfficientExpert(semantic, TinyBackbone.timestep_layers, 2, 4.0, micro_params.detail.lora_targets)
+    with torch.no_grad():
+        for p in detail.trainable_parameters():
+            p.add_(pe_noise * torch.randn_like(p))
+    n, k = micro_params.flow.steps, micro_params.boundary
+    sigmas = flow.sigma_grid(n, micro_params.flow.shift)
+    gen = Generator("dcm", 4, schedule("dcm", 4, n, k), 1.0, semantic, detail, float(sigmas[k]))
+    return backbone, gen, sigmas
+
+
+def test_expert_is_picked_by_timestep_and_pe_is_fused_exactly(micro_params):
+    backbone, gen, sigmas = _dcm(micro_params)
+    prompts, seeds = ["a red circle moving left on a stripes background"] * 2, [1, 2]
+    before = {n: p.detach().clone() for n, p in gen.detail.base_parameters().items()}
+    fast = sample(gen, backbone, prompts, seeds, micro_params)
+    from dcm.sampling import initial_noise
+
+    x = initial_noise(seeds, (3, 8, 32, 32))
+    text = backbone.encode_prompts(prompts)
+    used = []
+    for a, b in zip(gen.indices[:-1], gen.indices[1:]):
+        detail = float(sigmas[a]) <= gen.boundary_sigma
+        used.append("detail" if detail else "semantic")
+        x = flow.euler_step(x, backbone.velocity(gen.detail if detail else gen.semantic, x, sigmas[a], text),
+                            sigmas[a], sigmas[b])
+    assert used == ["semantic", "semantic", "detail", "detail"]
+    torch.testing.assert_close(fast, x, atol=1e-5, rtol=1e-5)
+    for n, p in gen.detail.base_parameters().items():  # unfused afterwards, up to float rounding
+        torch.testing.assert_close(p, before[n], atol=1e-6, rtol=1e-6)
