@@ -1,10 +1,12 @@
-"""Distillation figures: trajectory throughput, seconds per training step of every stage, and
-parameter counts (teacher; detail expert trainable with PE and with OD).
+"""Distillation figures: trajectory throughput, seconds per training step of every stage, the
+wall time of each stage, and parameter counts (teacher; detail expert trainable with PE and OD).
 
-    python benchmarks/distill_bench.py [--params params.yaml] [--steps 6] [--videos 16] [--teacher DIR]
+    python benchmarks/distill_bench.py [--params params.yaml] [--steps N] [--videos N] [--teacher DIR]
 
-Runs in a temporary directory against the trained teacher in artifacts/teacher/model, with the
-stage settings of the params file but only ``--steps`` steps per stage; prints one table.
+Runs the trajectories stage and the four distillation stages in a temporary directory, with the
+settings of the params file; ``--steps N`` and ``--videos N`` shorten them (0, the default,
+keeps the params' own values: the full budget). Speed does not depend on the teacher's weights,
+so a randomly initialised teacher of the same config gives the same figures.
 """
 
 from __future__ import annotations
@@ -18,38 +20,52 @@ from pathlib import Path
 
 from dcm.config import load_params
 from dcm.distill.experts import ParameterEfficientExpert, count_parameters
-from dcm.models import load_backbone
+from dcm.models import build_tiny_backbone, load_backbone
 from dcm.pipeline import run_distill, run_trajectories
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--steps", type=int, default=6, help="training steps per stage (the first is a warm-up)")
-    parser.add_argument("--videos", type=int, default=16, help="trajectories to generate for the throughput figure")
-    parser.add_argument("--teacher", default="artifacts/teacher/model", help="teacher directory (speed does not "
-                        "depend on its weights: a random one built by `dcm` works too)")
+    parser.add_argument("--steps", type=int, default=0, help="training steps per stage (0: the params' own)")
+    parser.add_argument("--videos", type=int, default=0, help="trajectories to generate (0: the params' own)")
+    parser.add_argument("--teacher", default="artifacts/teacher/model",
+                        help="teacher directory; 'random' builds an untrained one from the params")
     args = parser.parse_args()
     root = Path.cwd()
-    base = load_params(args.params)
-    teacher_dir = (root / args.teacher).resolve()
+    params = load_params(args.params)
+    overrides = {"distill": {"checkpoint_every": 10**6}}
+    if args.videos:
+        overrides["trajectories"] = {"videos": args.videos}
+    params = params.with_overrides(overrides)
     work = Path(tempfile.mkdtemp(prefix="dcm-bench-"))
+    if args.teacher == "random":
+        teacher_dir = work / "teacher"
+        build_tiny_backbone(params.model.tiny, seed=params.teacher.seed).save_pretrained(teacher_dir)
+    else:
+        teacher_dir = (root / args.teacher).resolve()
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
     os.chdir(work)
     try:
-        rows = []
-        params = base.with_overrides({"trajectories": {"videos": args.videos},
-                                       "distill": {"checkpoint_every": 10**6, "bucket_every": 10**6}})
+        rows, total = [], 0.0
         tick = time.perf_counter()
         run_trajectories(params, teacher_dir, Path("artifacts/trajectories"))
         seconds = time.perf_counter() - tick
-        rows.append(("trajectories", f"{args.videos / seconds:.2f} videos/s ({params.flow.steps} steps, CFG)"))
+        total += seconds
+        videos = params.trajectories.videos
+        rows.append(("trajectories", f"{seconds:7.1f} s wall, {videos / seconds:.2f} videos/s "
+                                     f"({videos} videos, {params.flow.steps} steps, CFG)"))
         for stage in ("semantic", "detail", "lcm", "pcm"):
-            staged = params.with_overrides({stage: {"steps": args.steps}})
+            staged = params.with_overrides({stage: {"steps": args.steps}}) if args.steps else params
+            tick = time.perf_counter()
             info = run_distill(staged, stage, teacher_dir, Path("artifacts/trajectories"), Path("artifacts") / stage)
-            rows.append((stage, f"{info['seconds_per_step']:.3f} s/step (batch {params.distill.batch_size}, "
-                                f"{'PE' if info['kind'] == 'pe' else 'full'}{', GF' if info['gf'] else ''}"
-                                f"{', TC' if info['tc'] else ''})"))
+            seconds = time.perf_counter() - tick
+            total += seconds
+            kind = "PE" if info["kind"] == "pe" else "full"
+            extras = "".join(f", {name}" for name, on in (("GF", info["gf"]), ("TC", info["tc"])) if on)
+            rows.append((stage, f"{seconds:7.1f} s wall, {info['seconds_per_step']:.3f} s/step "
+                                f"({info['steps']} steps of batch {params.distill.batch_size}, {kind}{extras})"))
+        rows.append(("total", f"{total:7.1f} s wall ({total / 60:.1f} min)"))
         teacher = load_backbone(teacher_dir)
         n_teacher = count_parameters(teacher.transformer.parameters())
         d = params.detail
@@ -60,8 +76,7 @@ def main() -> None:
         rows.append(("detail expert trainable, PE", f"{n_pe:,} ({100 * n_pe / n_teacher:.1f}% of the teacher)"))
         rows.append(("detail expert trainable, OD", f"{n_teacher:,} (a second full copy)"))
         width = max(len(r[0]) for r in rows)
-        for name, value in rows:
-            print(f"{name:<{width}}  {value}")
+        print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
     finally:
         os.chdir(root)
         shutil.rmtree(work, ignore_errors=True)

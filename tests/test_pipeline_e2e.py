@@ -149,8 +149,8 @@ def test_a_param_change_reruns_exactly_what_depends_on_it(repo, override, change
     try:
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         status = json.loads(_run(["dvc", "status", "--json"], repo, env).strip().splitlines()[-1])
-        directly = {stage for stage, reasons in status.items()
-                    if any("changed params" in r for r in reasons if isinstance(r, dict))}
+        directly = {stage for stage, reasons in status.items()  # {"detail": [{"changed deps": {"params.yaml": ...}}]}
+                    if any("params.yaml" in r.get("changed deps", {}) for r in reasons if isinstance(r, dict))}
         assert directly == changed
     finally:
         (repo / "params.yaml").write_text(original)
@@ -250,7 +250,7 @@ def test_a_grid_with_a_failing_experiment_fails_and_names_it(repo):
     os.environ.update(env)
     try:
         with pytest.raises(GridError, match="f-broken"):
-            run_grid([("fine", {"boundary": 3}), ("broken", {"distill.batch_size": 0})],
+            run_grid([("fine", {"teacher_eval.batch_size": 1}), ("broken", {"distill.batch_size": 0})],
                      load_params(repo / "params.yaml"), jobs=2, prefix="f", cwd=repo)
     finally:
         os.environ.clear()

@@ -67,6 +67,7 @@ class TinyModelParams(_Section):
     text_heads: int = Field(2, ge=1)
     text_max_length: int = Field(16, ge=10, description="tokens per prompt (toy prompts have 9 words)")
     text_seed: int = Field(0, description="seed of the frozen random text encoder")
+    init: Literal["adaln_zero", "default"] = Field("adaln_zero", description="DiT's adaLN-Zero, or diffusers' default")
 
 
 class ModelParams(_Section):
@@ -77,7 +78,7 @@ class ModelParams(_Section):
 class TeacherParams(_Section):
     """Teacher training by flow matching (``dcm.teacher``)."""
 
-    steps: int = Field(5000, ge=1, description="optimizer steps")
+    steps: int = Field(3500, ge=1, description="optimizer steps")
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0.0, le=1.0, description="peak learning rate (AdamW)")
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine floor as a fraction of lr")
@@ -86,7 +87,7 @@ class TeacherParams(_Section):
     grad_clip: float = Field(1.0, gt=0.0)
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     caption_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="share of empty prompts, for CFG")
-    timestep_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
+    timestep_sampling: Literal["uniform", "logit_normal"] = Field("uniform", description="u uniform (then shifted by flow.shift) or logit-normal")
     logit_mean: float = 0.0
     logit_std: float = Field(1.0, gt=0.0)
     checkpoint_every: int = Field(250, ge=1)
@@ -109,7 +110,7 @@ class TeacherEvalParams(_Section):
 class TrajectoryParams(_Section):
     """Teacher ODE trajectories (stage ``trajectories``, ``dcm.trajectories``)."""
 
-    videos: int = Field(128, ge=1, description="trajectories to generate")
+    videos: int = Field(64, ge=1, description="trajectories to generate")
     guidance_scale: float = Field(3.0, ge=1.0, le=20.0, description="teacher CFG scale the students learn")
     batch_size: int = Field(16, ge=1)
     shard_size: int = Field(16, ge=1, description="videos per shard file (the unit of resume)")
@@ -149,7 +150,7 @@ class DistillParams(_Section):
 class SemanticParams(_Section):
     """Semantic expert: full fine-tune on the noise-side sub-trajectory (stage ``semantic``)."""
 
-    steps: int = Field(300, ge=1)
+    steps: int = Field(200, ge=1)
     lr: float = Field(1e-4, gt=0.0, le=1.0, description="release: 1e-6 for 13B models")
     tc_lag: int = Field(3, ge=1, description="temporal coherence lag in latent frames")
     tc_weight: float = Field(1.0, ge=0.0)
@@ -158,7 +159,7 @@ class SemanticParams(_Section):
 class DetailParams(_Section):
     """Detail expert on the clean-side sub-trajectory (stage ``detail``)."""
 
-    steps: int = Field(300, ge=1)
+    steps: int = Field(150, ge=1)
     lr: float = Field(1e-4, gt=0.0, le=1.0, description="LoRA / OD learning rate (release: 5e-6)")
     lora_rank: int = Field(16, ge=1, description="release: 128")
     lora_alpha: float = Field(32.0, gt=0.0, description="release: 256")
@@ -173,7 +174,7 @@ class DetailParams(_Section):
 class BaselineParams(_Section):
     """A single-student baseline (stages ``lcm`` and ``pcm``)."""
 
-    steps: int = Field(300, ge=1)
+    steps: int = Field(200, ge=1)
     lr: float = Field(1e-4, gt=0.0, le=1.0)
     phases: int = Field(1, ge=1, description="PCM phases K (LCM is K = 1)")
 

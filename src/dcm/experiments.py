@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -58,7 +60,10 @@ def boundary_grid(values: list[int], params: Params) -> list[tuple[str, dict[str
 
 
 def _dvc(*args: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run(["dvc", *args], capture_output=True, text=True, cwd=cwd)
+    """Run DVC from this environment; its queue workers find ``dvc`` and ``python`` on PATH."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = subprocess.run(["dvc", *args], capture_output=True, text=True, cwd=cwd, env=env)
     if check and result.returncode != 0:
         raise GridError(f"`dvc {' '.join(args)}` failed:\n{result.stdout}\n{result.stderr}")
     return result

@@ -88,6 +88,24 @@ def _build_tokenizer(max_length: int) -> PreTrainedTokenizerFast:
     )
 
 
+def adaln_zero_init(transformer: WanTransformer3DModel) -> None:
+    """DiT's adaLN-Zero initialisation: every block starts as the identity (modulation gates and
+    the ungated cross-attention output are zero) and the output is zero, which makes a small
+    transformer trained from scratch converge much faster than diffusers' default init."""
+    for module in transformer.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+    zero = [transformer.condition_embedder.time_proj, transformer.proj_out]
+    zero += [block.attn2.to_out[0] for block in transformer.blocks]
+    for module in zero:
+        torch.nn.init.zeros_(module.weight)
+        torch.nn.init.zeros_(module.bias)
+    for table in [transformer.scale_shift_table, *(block.scale_shift_table for block in transformer.blocks)]:
+        torch.nn.init.zeros_(table)
+
+
 def build_tiny_backbone(params: TinyModelParams, seed: int = 0) -> TinyBackbone:
     """A freshly initialised tiny backbone (transformer random, text encoder frozen)."""
     tokenizer = _build_tokenizer(params.text_max_length)
@@ -118,6 +136,8 @@ def build_tiny_backbone(params: TinyModelParams, seed: int = 0) -> TinyBackbone:
         num_layers=params.num_layers,
         rope_max_seq_len=64,
     )
+    if params.init == "adaln_zero":
+        adaln_zero_init(transformer)
     return TinyBackbone(transformer, text_encoder, tokenizer, params.text_max_length)
 
 
