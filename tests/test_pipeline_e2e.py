@@ -14,24 +14,24 @@ import yaml
 from dcm.io import read_manifest, read_mp4
 
 ROOT = Path(__file__).resolve().parent.parent
-SMOKE = {
-    "model": {"tiny": {"num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 16, "ffn_dim": 32,
-                       "freq_dim": 16, "text_dim": 16, "text_layers": 1, "text_heads": 1}},
-    "teacher": {"steps": 4, "batch_size": 2, "warmup_steps": 1, "checkpoint_every": 2, "eval_every": 4,
-                "eval_prompts": 2, "eval_sample_steps": 2},
-    "teacher_eval": {"videos": 3, "batch_size": 2},
-    "flow": {"steps": 8},
-    "boundary": 4,
-    "trajectories": {"videos": 4, "batch_size": 2, "shard_size": 2},
-    "distill": {"batch_size": 2, "checkpoint_every": 2, "bucket_every": 2, "buckets": 4},
-    "semantic": {"steps": 2},
-    "detail": {"steps": 2, "lora_rank": 2, "lora_alpha": 4.0, "head_width": 8},
-    "lcm": {"steps": 2},
-    "pcm": {"steps": 2, "phases": 2},
-    "sample": {"videos": 2, "steps": [2, 4], "batch_size": 2, "latency_batch": 1, "latency_repeats": 1},
-}
+SMOKE = yaml.safe_load((Path(__file__).parent / "smoke_params.yaml").read_text())
 STAGES = ["detail", "evaluate", "lcm", "pcm", "report", "sample", "semantic", "teacher", "teacher_eval",
           "trajectories"]
+
+
+def smoke_params() -> dict:
+    """params.yaml with the smoke overrides merged in, key by key."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+    def merge(into, overrides):
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+
+    merge(params, SMOKE)
+    return params
 
 
 def _run(cmd, cwd, env):
@@ -47,17 +47,7 @@ def repo(tmp_path_factory):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, repo / item)
     shutil.copytree(ROOT / ".dvc", repo / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in SMOKE.items():
-        if isinstance(values, dict):
-            for key, value in values.items():
-                if isinstance(value, dict):
-                    params[section][key].update(value)
-                else:
-                    params[section][key] = value
-        else:
-            params[section] = values
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump(smoke_params(), sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env["DVC_NO_ANALYTICS"] = "1"
@@ -239,6 +229,15 @@ def test_a_queued_grid_with_two_jobs_lands_in_a_tracking_server(repo, tracking_s
         assert artifact_root.startswith(str(repo / "mlartifacts"))  # not inside DVC's temporary copy
         assert (Path(artifact_root) / "metrics.json").exists()
     assert not list((repo / ".dvc" / "tmp" / "exps").glob("tmp*/reports/metrics.json"))
+
+    dcm = str(Path(sys.executable).parent / "dcm")
+    out = _run([dcm, "compare"], repo, env)
+    assert "experiments" in out
+    ablation = (repo / "reports/ablation.md").read_text()
+    assert "| OD+PE+TC+GF | t-boundary-" in ablation
+    assert (repo / "reports/boundary.png").stat().st_size > 1000
+    _run([dcm, "compare", "--source", "dvc", "--out", "reports/from_dvc"], repo, env)
+    assert "| OD+PE+TC+GF |" in (repo / "reports/from_dvc/ablation.md").read_text()
 
 
 def test_a_grid_with_a_failing_experiment_fails_and_names_it(repo):

@@ -140,7 +140,8 @@ def dvc_runs(cwd: Path | None = None) -> pd.DataFrame:
             metrics = ((d.get("metrics") or {}).get("reports/metrics.json") or {}).get("data") or {}
             if not params or not metrics:
                 continue
-            row = {"experiment": entry.get("name") or d.get("rev", "")[:7],
+            rev = entry.get("rev", "")
+            row = {"experiment": entry.get("name") or (rev if rev == "workspace" else rev[:7]),
                    **{k: params["ablation"][k] for k in ("od", "pe", "tc", "gf")}, "boundary": params["boundary"]}
             for key, values in metrics.items():
                 for name in ("total", "quality", "semantic", "latency_s"):
