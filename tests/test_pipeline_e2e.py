@@ -248,9 +248,13 @@ def test_a_grid_with_a_failing_experiment_fails_and_names_it(repo):
     old = dict(os.environ)
     os.environ.update(env)
     try:
-        with pytest.raises(GridError, match="f-broken"):
-            run_grid([("fine", {"teacher_eval.batch_size": 1}), ("broken", {"distill.batch_size": 0})],
-                     load_params(repo / "params.yaml"), jobs=2, prefix="f", cwd=repo)
+        params = load_params(repo / "params.yaml")
+        with pytest.raises(ValueError, match="'invalid'.*distill.batch_size"):  # refused before queueing
+            run_grid([("invalid", {"distill.batch_size": 0})], params, prefix="v", cwd=repo)
+        with pytest.raises(GridError, match="f-broken"):  # valid params, fails while it runs
+            run_grid([("fine", {"teacher_eval.batch_size": 1}),
+                      ("broken", {"trajectories.prompt_file": "no-such-prompts.txt"})],
+                     params, jobs=2, prefix="f", cwd=repo)
     finally:
         os.environ.clear()
         os.environ.update(old)

@@ -254,13 +254,13 @@ class Params(_Section):
 
     def with_overrides(self, overrides: dict[str, Any]) -> Params:
         """A validated copy with sections updated key by key (``{"teacher": {"steps": 10}}``)."""
-        data = self.model_dump()
-        for section, values in overrides.items():
-            if isinstance(values, dict) and isinstance(data.get(section), dict):
-                data[section] = {**data[section], **values}
-            else:
-                data[section] = values
-        return parse_params(data, "overrides")
+        def merge(into: dict, new: dict) -> dict:
+            for key, value in new.items():
+                into[key] = merge(dict(into[key]), value) if isinstance(value, dict) and isinstance(
+                    into.get(key), dict) else value
+            return into
+
+        return parse_params(merge(self.model_dump(), overrides), "overrides")
 
     def flat(self) -> dict[str, Any]:
         """Dotted keys (``teacher.lr``) for MLflow."""

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from dcm.config import Params
 from dcm.report import ABLATION_ROWS, table
@@ -85,6 +86,18 @@ def run_grid(experiments: list[tuple[str, dict[str, object]]], params: Params, j
     """Queue and run every experiment; return their names, or raise naming the failed ones."""
     from dcm.tracking import ensure_experiment, repo_root
 
+    for label, overrides in experiments:  # every experiment's params are valid before anything is queued
+        nested: dict = {}
+        for key, value in overrides.items():
+            *sections, last = key.split(".")
+            node = nested
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[last] = yaml.safe_load(str(value))
+        try:
+            params.with_overrides(nested)
+        except ValueError as err:
+            raise ValueError(f"experiment {label!r} ({overrides}) has invalid params: {err}") from None
     # The tracking database and experiment exist before any queued run starts, so parallel
     # runs never race to create the schema.
     ensure_experiment(params.tracking.experiment, (cwd or repo_root()).resolve())

@@ -245,7 +245,7 @@ def distill(params: Params, stage: str, out_dir: Path, teacher_dir: Path, trajec
             loss = loss + params.detail.g_weight * losses["loss_g"] + params.detail.fm_weight * losses["loss_fm"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{stage}: loss is {loss.item()} at step {step} "
-                                     f"({ {k: float(v) for k, v in losses.items()} }); last good checkpoint: {ckpt_path}")
+                                     f"({ {k: v.item() for k, v in losses.items()} }); last good checkpoint: {ckpt_path}")
         accelerator.backward(loss)
         grad_norm = accelerator.clip_grad_norm_(trainable, d.grad_clip)
         optimizer.step()
