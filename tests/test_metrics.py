@@ -51,11 +51,12 @@ def _swap_colour(video, _i):
 
 
 @pytest.fixture(scope="module")
-def clean(request):
+def clean():
     from dcm.config import Params
 
     world = Params().world.to_config()
-    return world, _rows(world), aggregate_scores(_rows(world))
+    rows = _rows(world)
+    return world, rows, aggregate_scores(rows)
 
 
 def test_rendered_videos_are_recognised(clean):
