@@ -3,8 +3,11 @@
 import logging
 
 from dcm.config import load_params
+from dcm.launch import relaunch
 from dcm.pipeline import run_trajectories
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_trajectories(load_params("params.yaml"))
+    params = load_params("params.yaml")
+    relaunch(params)  # under `accelerate launch` when launch.* asks for it
+    run_trajectories(params)

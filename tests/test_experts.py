@@ -2,7 +2,7 @@
 
 import torch
 
-from dcm.distill.discriminator import Discriminator, FeatureTaps, d_hinge, g_hinge, token_grid
+from dcm.distill.discriminator import Discriminator, FeatureTaps, d_hinge, g_hinge
 from dcm.distill.experts import ParameterEfficientExpert, count_parameters
 from dcm.models.tiny import TinyBackbone, build_tiny_backbone
 
@@ -71,14 +71,13 @@ def test_pe_save_and_load_reproduce_the_expert(micro_params, tmp_path):
 
 def test_discriminator_works_at_any_frame_count_and_resolution(micro_params):
     backbone = build_tiny_backbone(micro_params.model.tiny)
-    cfg = backbone.transformer.config
-    taps = FeatureTaps(backbone.transformer.blocks, stride=1)
-    disc = Discriminator(cfg.num_attention_heads * cfg.attention_head_dim, len(taps.indices), width=8)
+    taps = FeatureTaps(backbone.feature_blocks(), stride=1)
+    disc = Discriminator(backbone.feature_dim(), len(taps.indices), width=8)
     for frames, size in ((8, 32), (12, 48)):
         x, t, text = _inputs(backbone, frames, size)
         with taps.capture() as features:
             backbone.transformer(x, t, text, return_dict=False)
-        grid = token_grid(x.shape, cfg.patch_size)
+        grid = backbone.token_grid(x.shape)
         logits = disc(features, grid)
         assert len(logits) == len(taps.indices)
         assert logits[0].shape == (2 * grid[0], 1, grid[1], grid[2])

@@ -60,7 +60,8 @@ def _dcm(micro_params, pe_noise=0.02):
             p.add_(pe_noise * torch.randn_like(p))
     n, k = micro_params.flow.steps, micro_params.boundary
     sigmas = flow.sigma_grid(n, micro_params.flow.shift)
-    gen = Generator("dcm", 4, schedule("dcm", 4, n, k), 1.0, semantic, detail, float(sigmas[k]))
+    visited = [float(sigmas[i]) for i in schedule("dcm", 4, n, k)]
+    gen = Generator("dcm", 4, visited, 1.0, semantic, detail, float(sigmas[k]))
     return backbone, gen, sigmas
 
 
@@ -68,17 +69,17 @@ def test_expert_is_picked_by_timestep_and_pe_is_fused_exactly(micro_params):
     backbone, gen, sigmas = _dcm(micro_params)
     prompts, seeds = ["a red circle moving left on a stripes background"] * 2, [1, 2]
     before = {n: p.detach().clone() for n, p in gen.detail.base_parameters().items()}
-    fast = sample(gen, backbone, prompts, seeds, micro_params)
+    fast = sample(gen, backbone, prompts, seeds, (3, 8, 32, 32))
     from dcm.sampling import initial_noise
 
     x = initial_noise(seeds, (3, 8, 32, 32))
     text = backbone.encode_prompts(prompts)
     used = []
-    for a, b in zip(gen.indices[:-1], gen.indices[1:]):
-        detail = float(sigmas[a]) <= gen.boundary_sigma
+    for a, b in zip(gen.sigmas[:-1], gen.sigmas[1:]):
+        detail = a <= gen.boundary_sigma
         used.append("detail" if detail else "semantic")
-        x = flow.euler_step(x, backbone.velocity(gen.detail if detail else gen.semantic, x, sigmas[a], text),
-                            sigmas[a], sigmas[b])
+        x = flow.euler_step(x, backbone.velocity(gen.detail if detail else gen.semantic, x, torch.tensor(a), text),
+                            a, b)
     assert used == ["semantic", "semantic", "detail", "detail"]
     torch.testing.assert_close(fast, x, atol=1e-5, rtol=1e-5)
     for n, p in gen.detail.base_parameters().items():  # unfused afterwards, up to float rounding

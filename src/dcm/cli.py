@@ -50,7 +50,9 @@ def teacher(path: Path = ParamsOption) -> None:
     """Train the tiny teacher by flow matching on the toy world (resumes from its checkpoint).
 
     Writes artifacts/teacher/checkpoint.pt every `teacher.checkpoint_every` steps and the EMA
-    model to artifacts/teacher/model/. Kill it at any time; rerunning continues.
+    model to artifacts/teacher/model/. Kill it at any time; rerunning continues. With a real
+    backbone (model.backbone: wan | cogvideox | hunyuanvideo) nothing is trained: model.path is
+    checked and artifacts/teacher/model/backbone.json points at it.
     """
     from dcm.pipeline import run_teacher
 
@@ -70,17 +72,24 @@ def teacher_eval(path: Path = ParamsOption) -> None:
 def trajectories(path: Path = ParamsOption) -> None:
     """Generate the teacher's CFG-guided ODE trajectories on the flow.steps grid into
     artifacts/trajectories/ (shards + manifest.json). Finished shards are skipped on rerun;
-    under `accelerate launch` each process writes its own shards."""
+    with launch.num_processes > 1 it re-launches itself under `accelerate launch` and each process
+    writes its own shards."""
+    from dcm.launch import relaunch
     from dcm.pipeline import run_trajectories
 
-    run_trajectories(_params(path))
+    params = _params(path)
+    relaunch(params)
+    run_trajectories(params)
 
 
 def _distill_command(stage: str, doc: str):
     def command(path: Path = ParamsOption) -> None:
+        from dcm.launch import relaunch
         from dcm.pipeline import run_distill
 
-        run_distill(_params(path), stage)
+        params = _params(path)
+        relaunch(params)  # under `accelerate launch` when launch.* asks for more processes
+        run_distill(params, stage)
 
     command.__doc__ = doc
     app.command(stage)(command)
@@ -202,6 +211,61 @@ def render(
     video = render_video(parsed, seed, world)
     write_mp4(out, video)
     typer.echo(json.dumps(evaluate_video(video, parsed, world), indent=2))
+
+
+@app.command("export")
+def export_cmd(
+    fmt: str = typer.Option("pipeline", "--format", help="'pipeline': a diffusers WanPipeline directory with both "
+                            "experts (Wan only); 'lora': the PE detail expert as a diffusers LoRA + its copied "
+                            "timestep layers (Wan, CogVideoX, HunyuanVideo)"),
+    steps: int = typer.Option(4, min=1, help="pipeline: the num_inference_steps the export is documented for"),
+    out: Path = typer.Option(None, help="output folder (default artifacts/export/wan or artifacts/export/detail_lora); "
+                             "replaced atomically"),
+    path: Path = ParamsOption,
+) -> None:
+    """Export the trained students (artifacts/semantic, artifacts/detail) to stock diffusers, loadable
+    without dcm. Writes a README.md with the usage snippet and dcm_export.json. The stock scheduler
+    runs its own sigmas, not dcm's DCM schedule: see the README for both side by side."""
+    from dcm.export import ExportError, export_detail_lora, export_wan_pipeline
+    from dcm.models import BackboneError
+    from dcm.pipeline import TEACHER_DIR
+
+    params = _params(path)
+    try:
+        if fmt == "pipeline":
+            done = export_wan_pipeline(params, TEACHER_DIR / "model", Path("artifacts"),
+                                       out or Path("artifacts/export/wan"), steps)
+        elif fmt == "lora":
+            done = export_detail_lora(params, Path("artifacts"), out or Path("artifacts/export/detail_lora"))
+        else:
+            raise ExportError(f"unknown --format {fmt!r}; known: pipeline, lora")
+    except (ExportError, BackboneError) as err:
+        typer.secho(str(err), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"exported to {done} (see {done / 'README.md'})")
+
+
+@app.command()
+def estimate(
+    processes: int = typer.Option(None, min=1, help="GPUs (default: launch.num_processes)"),
+    sharding: str = typer.Option(None, help="'fsdp' (full shard) or 'ddp' (replicated); default: from "
+                                 "launch.config_file"),
+    tflops: float = typer.Option(400.0, min=1.0, help="sustained bf16 TFLOP/s per GPU (400: ~40% MFU of an H100)"),
+    path: Path = ParamsOption,
+) -> None:
+    """Print parameter counts (exact, from meta tensors: no weights read), memory per GPU and time of
+    trajectories, semantic, detail and sample for the params, with every assumption behind them."""
+    from dcm.estimate import estimate as run_estimate
+    from dcm.models.base import BackboneError
+
+    if sharding not in (None, "fsdp", "ddp"):
+        typer.secho(f"--sharding {sharding!r}: use 'fsdp' or 'ddp'", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    try:
+        typer.echo(run_estimate(_params(path), processes, sharding, tflops).render())
+    except (BackboneError, ParamsError) as err:
+        typer.secho(str(err), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
 
 
 def main() -> None:

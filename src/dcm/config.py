@@ -71,8 +71,40 @@ class TinyModelParams(_Section):
 
 
 class ModelParams(_Section):
-    backbone: Literal["tiny"] = "tiny"
+    """Which backbone: the embedded tiny teacher, or a real checkpoint in a local diffusers directory."""
+
+    backbone: Literal["tiny", "wan", "cogvideox", "hunyuanvideo"] = Field(
+        "tiny", description="tiny (trained by the teacher stage) or a real model loaded from model.path")
     tiny: TinyModelParams = TinyModelParams()
+    path: str | None = Field(None, description="local diffusers directory of a real backbone (never downloaded)")
+    frames: int = Field(81, ge=1, description="real backbones: video frames (the tiny world uses world.frames)")
+    height: int = Field(480, ge=8, description="real backbones: video height in pixels")
+    width: int = Field(832, ge=8, description="real backbones: video width in pixels")
+    max_sequence_length: int | None = Field(None, ge=1, description="text tokens; default: the model's own "
+                                            "(Wan 512, CogVideoX 226, HunyuanVideo 256)")
+    embedded_guidance_scale: float = Field(6.0, gt=0.0, description="HunyuanVideo: the guidance scale it embeds")
+
+    @model_validator(mode="after")
+    def _path_for_real(self) -> ModelParams:
+        if self.backbone != "tiny" and not self.path:
+            raise ValueError(f"model.backbone = {self.backbone!r} needs model.path: a local diffusers directory "
+                             "holding its transformer, vae, text encoder(s) and tokenizer(s)")
+        return self
+
+    def video_shape(self, world: WorldParams) -> tuple[int, int, int]:
+        """(frames, height, width) of the generated videos."""
+        if self.backbone == "tiny":
+            return world.frames, world.size, world.size
+        return self.frames, self.height, self.width
+
+    def backbone_options(self) -> dict[str, Any]:
+        """Loader options of a real backbone (``dcm.models.load_backbone``)."""
+        options: dict[str, Any] = {}
+        if self.max_sequence_length:
+            options["max_sequence_length"] = self.max_sequence_length
+        if self.backbone == "hunyuanvideo":
+            options["embedded_guidance_scale"] = self.embedded_guidance_scale
+        return options
 
 
 class TeacherParams(_Section):
@@ -117,7 +149,8 @@ class TrajectoryParams(_Section):
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     store_every: int = Field(1, ge=1, description="keep every k-th grid point (and the noise end); "
                              "targets at points not kept come from an online teacher Euler step")
-    prompt_file: str | None = Field(None, description="one prompt per line; default: the toy grammar")
+    prompt_file: str | None = Field(None, description="text file (one prompt per line), 'vbench' or "
+                                    "'vbench:<dimension>'; default: the toy grammar")
     seed: int = 1
 
 
@@ -144,7 +177,17 @@ class DistillParams(_Section):
     log_every: int = Field(5, ge=1)
     bucket_every: int = Field(50, ge=1, description="steps between per-noise-level loss/grad probes (vanilla model)")
     buckets: int = Field(10, ge=2, description="noise-level buckets of the probe (paper Fig. 2)")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="autocast with fp32 master weights (release: bf16); needs a GPU for bf16/fp16")
+    gradient_checkpointing: bool = Field(False, description="recompute block activations in backward (release: on)")
     seed: int = 0
+
+
+class LaunchParams(_Section):
+    """How the heavy stages (trajectories and the distillation stages) are launched."""
+
+    num_processes: int = Field(1, ge=1, description="processes (GPUs); > 1 re-launches through `accelerate launch`")
+    config_file: str | None = Field(None, description="accelerate config, e.g. configs/accelerate/fsdp.yaml")
 
 
 class SemanticParams(_Section):
@@ -185,8 +228,13 @@ class SampleParams(_Section):
     methods: tuple[Literal["teacher", "lcm", "pcm", "dcm"], ...] = ("teacher", "lcm", "pcm", "dcm")
     steps: tuple[int, ...] = Field((2, 4, 8), description="student step counts (the teacher uses flow.steps)")
     videos: int = Field(32, ge=1, description="videos per method and step count (held-out prompts and seeds)")
+    prompt_file: str | None = Field(None, description="text file (one prompt per line), 'vbench' or "
+                                    "'vbench:<dimension>'; default: held-out toy prompts")
     batch_size: int = Field(16, ge=1)
     seed: int = Field(1, description="which held-out set (teacher_eval uses 0)")
+    schedule: Literal["grid", "stock"] = Field(
+        "grid", description="students' steps: grid points (dcm's schedules) or the evenly spaced shifted sigmas "
+        "of diffusers' FlowMatchEulerDiscreteScheduler, which an exported pipeline runs")
     latency_batch: int = Field(4, ge=1, description="videos per timed batch")
     latency_repeats: int = Field(3, ge=1, description="timed batches after one warm-up; the median is reported")
 
@@ -224,6 +272,7 @@ class Params(_Section):
     trajectories: TrajectoryParams = TrajectoryParams()
     ablation: AblationParams = AblationParams()
     distill: DistillParams = DistillParams()
+    launch: LaunchParams = LaunchParams()
     semantic: SemanticParams = SemanticParams()
     detail: DetailParams = DetailParams()
     lcm: BaselineParams = BaselineParams(phases=1)
@@ -248,6 +297,12 @@ class Params(_Section):
             if "dcm" in self.sample.methods and (steps // 2 > n - k or steps // 2 > k):
                 raise ValueError(f"sample.steps has {steps}: dcm takes {steps // 2} steps in [{n}, {k}] and "
                                  f"{steps // 2} in [{k}, 0], which boundary = {k} on a {n}-step grid cannot hold")
+        if self.sample.schedule == "stock" and self.model.backbone == "cogvideox":
+            raise ValueError("sample.schedule = 'stock' is the flow-matching scheduler's schedule; CogVideoX samples "
+                             "its own DDIM grid (use sample.schedule = 'grid')")
+        if self.model.backbone == "tiny" and self.ablation.tc and self.semantic.tc_lag >= self.world.frames:
+            raise ValueError(f"semantic.tc_lag = {self.semantic.tc_lag} must be below world.frames = "
+                             f"{self.world.frames} (the tiny teacher's latents are its frames)")
         if self.pcm.phases > self.flow.steps:
             raise ValueError(f"pcm.phases = {self.pcm.phases} must be at most flow.steps = {self.flow.steps}")
         return self

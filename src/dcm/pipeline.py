@@ -21,7 +21,15 @@ TEACHER_DIR = Path("artifacts/teacher")
 
 
 def run_teacher(params: Params, out_dir: Path = TEACHER_DIR) -> Path:
-    """Train the tiny teacher (resuming from ``out_dir/checkpoint.pt`` if present)."""
+    """Train the tiny teacher (resuming from ``out_dir/checkpoint.pt`` if present), or, for a
+    real backbone, check ``model.path`` and point ``out_dir/model`` at it."""
+    if params.model.backbone != "tiny":
+        from dcm.models import backbone_class, write_backbone_link
+
+        m = params.model
+        backbone_class(m.backbone).check(m.path)
+        write_backbone_link(out_dir / "model", m.backbone, m.path, **m.backbone_options())
+        return out_dir / "model"
     from dcm.teacher import train_teacher
 
     with stage_run("teacher", params):
@@ -35,58 +43,66 @@ TEACHER_REPORT_DIR = Path("reports/teacher")
 
 def run_teacher_eval(params: Params, model_dir: Path = TEACHER_DIR / "model",
                      report: Path = TEACHER_REPORT, report_dir: Path = TEACHER_REPORT_DIR) -> dict[str, float]:
-    """Sample the teacher (``flow.steps`` Euler steps, CFG) on held-out seeds, score the
-    videos with the toy evaluator, and write the report, grid, mp4s and metrics."""
+    """Sample the teacher (``flow.steps`` Euler steps, CFG) on held-out seeds and write the
+    report, grid, mp4s and metrics. The tiny teacher's videos are scored by the toy world's
+    evaluator; a real backbone's are not (its prompts come from ``sample.prompt_file``)."""
     import time
 
     import mlflow
     import pandas as pd
+    import torch
 
     from dcm.io import write_json, write_manifest, write_mp4
     from dcm.models import load_backbone
     from dcm.plots import frame_grid
-    from dcm.teacher import PromptTable, heldout_set, sample_videos
+    from dcm.prompts import heldout_prompts
+    from dcm.students import Generator, sample
     from dcm.tracking import log_metrics
+    from dcm.trajectories import latent_shape
     from dcm.world.metrics import aggregate_scores, evaluate_video
+    from dcm.world.render import to_video
 
-    backbone = load_backbone(model_dir)
     cfg = params.teacher_eval
-    items = heldout_set(cfg.videos, seed=cfg.seed)
-    table = PromptTable(backbone)
+    toy = params.model.backbone == "tiny"
+    prompts, seeds = heldout_prompts(None if toy else params.sample.prompt_file, cfg.videos, cfg.seed)
+    backbone = load_backbone(model_dir)
     steps = params.flow.steps
+    grid = backbone.sigma_grid(steps, params.flow.shift)
+    teacher = Generator("teacher", steps, grid.flip(0).tolist(), cfg.guidance_scale, backbone.transformer)
+    shape = latent_shape(params, backbone)
     with stage_run("teacher_eval", params, {"method": "teacher", "steps": str(steps)}):
         tick = time.perf_counter()
-        first = sample_videos(backbone, backbone.transformer, table, items[: cfg.batch_size], params, steps,
-                              cfg.guidance_scale, batch_size=cfg.batch_size)
+        latents = [sample(teacher, backbone, prompts[: cfg.batch_size], seeds[: cfg.batch_size], shape, cfg.batch_size)]
         batch_seconds = time.perf_counter() - tick
-        rest = sample_videos(backbone, backbone.transformer, table, items[cfg.batch_size:], params, steps,
-                             cfg.guidance_scale, batch_size=cfg.batch_size, progress=True)
-        videos = first + rest
+        if len(prompts) > cfg.batch_size:
+            latents.append(sample(teacher, backbone, prompts[cfg.batch_size:], seeds[cfg.batch_size:], shape,
+                                  cfg.batch_size, progress=True))
+        videos = [to_video(backbone.decode_latents(x[None])[0]) for x in torch.cat(latents)]
 
         samples = report_dir / "samples"
         samples.mkdir(parents=True, exist_ok=True)
         records, rows = [], []
-        for i, (video, (prompt, seed)) in enumerate(zip(videos, items, strict=True)):
+        for i, (video, prompt, seed) in enumerate(zip(videos, prompts, seeds, strict=True)):
             name = f"{i:04d}.mp4"
             write_mp4(samples / name, video)
-            records.append({"file": name, "prompt": prompt.text, "seed": seed, "method": "teacher",
+            records.append({"file": name, "prompt": prompt, "seed": seed, "method": "teacher",
                             "steps": steps, "guidance_scale": cfg.guidance_scale})
-            rows.append({"file": name, "prompt": prompt.text, "seed": seed,
-                         **evaluate_video(video, prompt, params.world.to_config())})
+            scores = evaluate_video(video, prompt, params.world.to_config()) if toy else {}
+            rows.append({"file": name, "prompt": prompt, "seed": seed, **scores})
         write_manifest(samples, records)
-        frame = pd.DataFrame(rows)
-        frame.to_csv(report_dir / "videos.csv", index=False)
-        scores = aggregate_scores(rows)
-        metrics = {**scores, "batch_seconds": batch_seconds, "batch_size": min(cfg.batch_size, len(items)),
-                   "videos": len(items), "steps": steps, "guidance_scale": cfg.guidance_scale}
+        pd.DataFrame(rows).to_csv(report_dir / "videos.csv", index=False)
+        metrics = {**(aggregate_scores(rows) if toy else {}), "batch_seconds": batch_seconds,
+                   "batch_size": min(cfg.batch_size, len(prompts)), "videos": len(prompts), "steps": steps,
+                   "guidance_scale": cfg.guidance_scale}
         write_json(report_dir / "metrics.json", metrics)
-        frame_grid([v for v in videos[:8]], [p.text for p, _ in items[:8]], report_dir / "grid.png")
+        frame_grid(videos[:8], prompts[:8], report_dir / "grid.png")
         _write_teacher_report(report, report_dir, metrics, params)
         log_metrics(metrics)
         mlflow.log_artifact(str(report))
         mlflow.log_artifacts(str(report_dir), artifact_path="teacher")
-    log.info("teacher: %s", ", ".join(f"{k}={scores[k]:.3f}" for k in ("color", "object_class",
-                                                                          "motion_direction", "scene", "total")))
+    if toy:
+        log.info("teacher: %s", ", ".join(f"{k}={metrics[k]:.3f}" for k in ("color", "object_class",
+                                                                             "motion_direction", "scene", "total")))
     return metrics
 
 
@@ -94,34 +110,45 @@ def _write_teacher_report(report: Path, report_dir: Path, m: dict, params: Param
     from dcm.io import atomic_write_text
 
     rel = report_dir.relative_to(report.parent) if report_dir.is_relative_to(report.parent) else report_dir
+    toy = params.model.backbone == "tiny"
     lines = [
-        "# Tiny teacher: held-out evaluation",
+        "# Teacher: held-out evaluation",
         "",
         f"{m['videos']} videos, {m['steps']}-step Euler sampler with CFG {m['guidance_scale']}, seeds never used "
-        "in training. Scored by the toy world's analytic evaluator (`dcm.world.metrics`).",
+        "in training.",
         "",
-        "| attribute | accuracy |",
-        "|---|---|",
-        *(f"| {k} | {m[k]:.3f} |" for k in ("color", "object_class", "motion_direction", "scene")),
-        "",
-        "| score | value |",
-        "|---|---|",
-        *(f"| {k} | {m[k]:.4f} |" for k in ("total", "quality", "semantic", "subject_consistency",
-                                             "background_consistency", "temporal_flickering", "motion_smoothness",
-                                             "dynamic_degree", "detail")),
-        "",
-        f"One batch of {m['batch_size']} videos ({m['steps']} steps, CFG, one process on the CPU) took "
+    ]
+    if toy:
+        lines += [
+            "Scored by the toy world's analytic evaluator (`dcm.world.metrics`).",
+            "",
+            "| attribute | accuracy |",
+            "|---|---|",
+            *(f"| {k} | {m[k]:.3f} |" for k in ("color", "object_class", "motion_direction", "scene")),
+            "",
+            "| score | value |",
+            "|---|---|",
+            *(f"| {k} | {m[k]:.4f} |" for k in ("total", "quality", "semantic", "subject_consistency",
+                                                 "background_consistency", "temporal_flickering",
+                                                 "motion_smoothness", "dynamic_degree", "detail")),
+            "",
+        ]
+    else:
+        lines += [f"Backbone `{params.model.backbone}` from `{params.model.path}`: the toy world's evaluator does "
+                  "not apply; the `evaluate` stage scores these models with VBench.", ""]
+    lines += [
+        f"One batch of {m['batch_size']} videos ({m['steps']} steps, CFG, one process) took "
         f"{m['batch_seconds']:.1f} s.",
         "",
         f"![frames of the first eight samples]({rel}/grid.png)",
         "",
         f"Videos: `{rel}/samples/` (H.264 mp4, with `manifest.jsonl`); per-video table: `{rel}/videos.csv`.",
         "",
-        f"Teacher: {params.model.tiny.num_layers} layers, width "
-        f"{params.model.tiny.num_attention_heads * params.model.tiny.attention_head_dim}, patch "
-        f"{tuple(params.model.tiny.patch_size)}, {params.teacher.steps} steps of batch {params.teacher.batch_size}.",
-        "",
     ]
+    if toy:
+        t = params.model.tiny
+        lines += [f"Teacher: {t.num_layers} layers, width {t.num_attention_heads * t.attention_head_dim}, patch "
+                  f"{tuple(t.patch_size)}, {params.teacher.steps} steps of batch {params.teacher.batch_size}.", ""]
     atomic_write_text(report, "\n".join(lines))
 
 
@@ -165,29 +192,38 @@ def sample_plan(params: Params) -> list[tuple[str, int]]:
 def run_sample(params: Params, teacher_dir: Path = TEACHER_DIR / "model", artifacts: Path = Path("artifacts"),
                out_dir: Path = SAMPLE_DIR) -> dict:
     """Sample every method on the same held-out prompts and initial noise; time each one."""
+    import dataclasses
     import statistics
     import time
 
     from dcm.io import write_json, write_manifest, write_mp4
     from dcm.models import load_backbone
-    from dcm.students import load_generator, sample
-    from dcm.teacher import heldout_set
+    from dcm.prompts import sample_prompts
+    from dcm.students import check_method, load_generator, method_sigmas, sample
+    from dcm.trajectories import latent_shape
     from dcm.tracking import log_metrics
     from dcm.world.render import to_video
 
+    s = params.sample
+    prompts, seeds = sample_prompts(params)
     backbone = load_backbone(teacher_dir)
     plan = sample_plan(params)
-    # every model and schedule is loaded and checked before any sampling starts
-    generators = {(m, k): load_generator(m, k, backbone, params, artifacts) for m, k in plan}
-    s = params.sample
-    items = heldout_set(s.videos, seed=s.seed)
-    prompts, seeds = [p.text for p, _ in items], [seed for _, seed in items]
+    # every schedule and every file is checked before any sampling starts ...
+    schedules = {(m, k): method_sigmas(m, k, backbone, params) for m, k in plan}
+    for method in params.sample.methods:
+        check_method(method, artifacts)
+    shape = latent_shape(params, backbone)
     latency = {}
     with stage_run("sample", params):
-        for (method, steps), gen in generators.items():
+        loaded = None  # ... and one method's models are in memory at a time
+        for (method, steps), sigmas in schedules.items():
+            if loaded is None or loaded.method != method:
+                loaded = None  # release the previous method's models before loading the next
+                loaded = load_generator(method, steps, backbone, params, artifacts)
+            gen = dataclasses.replace(loaded, steps=steps, sigmas=sigmas)
             key = f"{method}@{steps}"
             target = out_dir / key
-            latents = sample(gen, backbone, prompts, seeds, params, s.batch_size)
+            latents = sample(gen, backbone, prompts, seeds, shape, s.batch_size)
             records = []
             for i, (latent, prompt, seed) in enumerate(zip(latents, prompts, seeds, strict=True)):
                 name = f"{i:04d}.mp4"
@@ -196,11 +232,11 @@ def run_sample(params: Params, teacher_dir: Path = TEACHER_DIR / "model", artifa
                                 "guidance_scale": gen.guidance_scale})
             write_manifest(target, records)  # last: a folder with a manifest is complete
             batch_p, batch_s = prompts[:s.latency_batch], seeds[:s.latency_batch]
-            sample(gen, backbone, batch_p, batch_s, params, s.latency_batch)  # warm-up
+            sample(gen, backbone, batch_p, batch_s, shape, s.latency_batch)  # warm-up
             times = []
             for _ in range(s.latency_repeats):
                 tick = time.perf_counter()
-                sample(gen, backbone, batch_p, batch_s, params, s.latency_batch)
+                sample(gen, backbone, batch_p, batch_s, shape, s.latency_batch)
                 times.append(time.perf_counter() - tick)
             per_video = statistics.median(times) / len(batch_p)
             latency[key] = {"latency_s": per_video, "per_step_s": per_video / steps, "steps": steps,
@@ -243,6 +279,7 @@ def run_evaluate(params: Params, samples: Path = SAMPLE_DIR, metrics_path: Path 
         log.warning("VBench %s not scored: weights missing at %s", dim, ", ".join(files))
 
     world = params.world.to_config()
+    toy = params.model.backbone == "tiny"  # the toy world's evaluator scores only the toy world's videos
     results, rows = {}, []
     with stage_run("evaluate", params):
         for key, records in manifests.items():
@@ -251,14 +288,14 @@ def run_evaluate(params: Params, samples: Path = SAMPLE_DIR, metrics_path: Path 
             for r in records:
                 video = read_mp4(samples / key / r["file"])
                 row = {"key": key, "method": r["method"], "steps": r["steps"], "file": r["file"], "prompt": r["prompt"],
-                       "seed": r["seed"], **evaluate_video(video, r["prompt"], world)}
+                       "seed": r["seed"], **(evaluate_video(video, r["prompt"], world) if toy else {})}
                 ref = teacher.get((r["prompt"], r["seed"]))
                 if ref is not None:
                     row["psnr_vs_teacher"], row["ssim_vs_teacher"] = psnr(video, ref), ssim(video, ref)
                 for dim, scores in vb.items():
                     row[f"vbench_{dim}"] = scores[r["file"]]
                 key_rows.append(row)
-            scores = aggregate_scores(key_rows)
+            scores = aggregate_scores(key_rows) if toy else {}
             entry = {**scores, **latency.get(key, {}), "videos": len(key_rows)}
             if teacher_key in latency and key in latency:
                 entry["speedup_vs_teacher"] = latency[teacher_key]["latency_s"] / latency[key]["latency_s"]
@@ -348,7 +385,7 @@ def run_report(params: Params, metrics_path: Path = METRICS, artifacts: Path = P
         for key, m in metrics.items():
             method, steps = key.split("@")
             rows.append([method, steps, _fmt(m.get("latency_s")), _fmt(m.get("speedup_vs_teacher"), 1),
-                         _fmt(m["total"]), _fmt(m["quality"]), _fmt(m["semantic"]),
+                         _fmt(m.get("total")), _fmt(m.get("quality")), _fmt(m.get("semantic")),
                          "–" if key == teacher_key else _fmt(m.get("psnr_vs_teacher"), 2),
                          "–" if key == teacher_key else _fmt(m.get("ssim_vs_teacher")),
                          _fmt(m.get("vbench_temporal_flickering"))])
@@ -357,6 +394,9 @@ def run_report(params: Params, metrics_path: Path = METRICS, artifacts: Path = P
                  "`artifacts/` and the MLflow runs. Scores are the toy world's analytic VBench-style scores "
                  "(0-1; `dcm.world.metrics`); latency is the median per-video time in one CPU process.", "",
                  "## Methods (paper Table 1 analog)", "", rp.table(rows, header), ""]
+        bar = rp.research_bar(metrics, teacher_key)
+        if bar:
+            lines += ["## The paper's claims on this run", "", rp.table(bar, ["claim", "measured", "holds"]), ""]
 
         ablations = ablation_table(params)
         lines += ["## Ablations at 4 steps (paper Table 3 analog)", ""]
@@ -372,8 +412,8 @@ def run_report(params: Params, metrics_path: Path = METRICS, artifacts: Path = P
                 rp.fig_noise_levels(csv_path, figures / f"noise_levels_{stage}.png", title)
                 lines += [f"![loss and gradient norm by noise level, {title}]({rel}/noise_levels_{stage}.png)", ""]
 
-        world = params.world
-        spec = TrajectorySpec.from_params(params, (3, world.frames, world.size, world.size))
+        shape = json.loads((artifacts / "trajectories" / "manifest.json").read_text())["spec"]["shape"]
+        spec = TrajectorySpec.from_params(params, tuple(shape))
         data = load_trajectories(artifacts / "trajectories", spec, verify_hash=False)
         indices, distances = rp.adjacent_l1(data.latents, list(spec.stored))
         rp.fig_adjacent_l1(indices, distances, params.boundary, figures / "adjacent_l1.png")

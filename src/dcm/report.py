@@ -157,3 +157,35 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def research_bar(metrics: dict[str, dict], teacher_key: str) -> list[list[str]]:
+    """The paper's claims as checks on this run: (claim, measured, holds?). Totals are on a 0-1
+    scale, so the paper's "1 point" is 0.01; a claim whose methods were not sampled is skipped."""
+    rows = []
+
+    def total(key: str) -> float | None:
+        return metrics.get(key, {}).get("total")
+
+    for k in (4, 8):
+        dcm, pcm, lcm = total(f"dcm@{k}"), total(f"pcm@{k}"), total(f"lcm@{k}")
+        if None not in (dcm, pcm, lcm):
+            rows.append([f"{k} steps: Total DCM >= PCM >= LCM", f"{dcm:.4f} / {pcm:.4f} / {lcm:.4f}",
+                         _holds(dcm >= pcm >= lcm)])
+    dcm4, teacher = total("dcm@4"), total(teacher_key)
+    if None not in (dcm4, teacher):
+        rows.append([f"DCM@4 Total within 0.01 of the teacher's ({teacher_key})",
+                     f"{dcm4:.4f} vs {teacher:.4f} (gap {teacher - dcm4:+.4f})", _holds(teacher - dcm4 <= 0.01 + 1e-9)])
+    speedup = metrics.get("dcm@4", {}).get("speedup_vs_teacher")
+    if speedup is not None:
+        rows.append(["DCM@4 at least 20x faster than the teacher", f"{speedup:.1f}x", _holds(speedup >= 20)])
+    for k in (4, 8):
+        dcm, lcm = metrics.get(f"dcm@{k}", {}).get("per_step_s"), metrics.get(f"lcm@{k}", {}).get("per_step_s")
+        if None not in (dcm, lcm):
+            rows.append([f"{k} steps: DCM per-step cost within 2% of LCM's", f"{dcm / lcm:.3f}x",
+                         _holds(dcm / lcm <= 1.02)])
+    return rows
+
+
+def _holds(ok: bool) -> str:
+    return "yes" if ok else "**no**"

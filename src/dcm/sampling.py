@@ -19,7 +19,9 @@ def guided(velocity: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.
         return lambda x, sigma: velocity(x, sigma, cond)
 
     def fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        v_cond, v_uncond = velocity(torch.cat([x, x]), sigma, torch.cat([cond, uncond])).chunk(2)
+        sigma = torch.as_tensor(sigma)
+        both = torch.cat([sigma, sigma]) if sigma.ndim else sigma
+        v_cond, v_uncond = velocity(torch.cat([x, x]), both, torch.cat([cond, uncond])).chunk(2)
         return v_uncond + guidance_scale * (v_cond - v_uncond)
 
     return fn

@@ -25,7 +25,7 @@ import torch
 
 from dcm.distill.experts import ParameterEfficientExpert
 from dcm.distill.trainer import EXPERT_INFO, load_full_student
-from dcm.models.tiny import TinyBackbone
+from dcm.models.base import Backbone
 
 METHODS = ("teacher", "lcm", "pcm", "dcm")
 
@@ -57,13 +57,24 @@ def schedule(method: str, steps: int, grid_steps: int, boundary: int) -> list[in
     raise SamplingError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
 
 
+def stock_sigmas(steps: int, shift: float) -> list[float]:
+    """The sigmas (noise end first, ending at 0) that a stock ``FlowMatchEulerDiscreteScheduler(shift)``
+    visits after ``set_timesteps(steps)``, read from a real scheduler so they match it bit for bit:
+    what an exported pipeline runs (``sample.schedule: stock``)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+    scheduler.set_timesteps(steps)
+    return [float(s) for s in scheduler.sigmas]
+
+
 @dataclass
 class Generator:
     """A method ready to sample: a velocity function of ``(x, sigma, text)`` and its schedule."""
 
     method: str
     steps: int
-    indices: list[int]
+    sigmas: list[float]  # visited noise levels, noise end first
     guidance_scale: float
     semantic: torch.nn.Module
     detail: torch.nn.Module | None = None  # DCM only
@@ -88,58 +99,72 @@ def _require(path: Path, what: str) -> None:
         raise SamplingError(f"{what} is missing: expected {path} (run its DVC stage first)")
 
 
-def load_generator(method: str, steps: int, backbone: TinyBackbone, params, artifacts: Path = Path("artifacts")) -> Generator:
-    """Load a method's model(s) from the stage folders, checking everything before any compute."""
-    from dcm import flow
+def method_sigmas(method: str, steps: int, backbone: Backbone, params) -> list[float]:
+    """The noise levels a method visits at ``steps`` steps, noise end first (checks the schedule)."""
+    grid = backbone.sigma_grid(params.flow.steps, params.flow.shift)
+    sigmas = [float(grid[i]) for i in schedule(method, steps, params.flow.steps, params.boundary)]
+    if method != "teacher" and params.sample.schedule == "stock":
+        return stock_sigmas(steps, params.flow.shift)
+    return sigmas
 
-    indices = schedule(method, steps, params.flow.steps, params.boundary)
-    if method == "teacher":
-        return Generator(method, steps, indices, params.trajectories.guidance_scale, backbone.transformer)
+
+def check_method(method: str, artifacts: Path = Path("artifacts")) -> None:
+    """Fail before any compute when a file the method samples from is missing."""
     if method in ("lcm", "pcm"):
         _require(artifacts / method / "model" / "config.json", f"the {method} student")
-        return Generator(method, steps, indices, 1.0, load_full_student(artifacts / method))
-    _require(artifacts / "semantic" / "model" / "config.json", "the semantic expert")
-    _require(artifacts / "detail" / EXPERT_INFO, "the detail expert")
-    semantic = load_full_student(artifacts / "semantic")
-    info = json.loads((artifacts / "detail" / EXPERT_INFO).read_text())
-    if info["kind"] == "none":  # ablation.od = false: one vanilla model for every step
+    elif method == "dcm":
+        _require(artifacts / "semantic" / "model" / "config.json", "the semantic expert")
+        _require(artifacts / "detail" / EXPERT_INFO, "the detail expert")
+        if json.loads((artifacts / "detail" / EXPERT_INFO).read_text())["kind"] == "pe":
+            _require(artifacts / "detail" / "detail.safetensors", "the PE detail expert's weights")
+    elif method != "teacher":
+        raise SamplingError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+
+
+def load_generator(method: str, steps: int, backbone: Backbone, params, artifacts: Path = Path("artifacts")) -> Generator:
+    """Load a method's model(s) from the stage folders, checking everything before any compute."""
+    sigmas = method_sigmas(method, steps, backbone, params)
+    check_method(method, artifacts)
+    if method == "teacher":
+        return Generator(method, steps, sigmas, params.trajectories.guidance_scale, backbone.transformer)
+    if method in ("lcm", "pcm"):
+        return Generator(method, steps, sigmas, 1.0, load_full_student(artifacts / method, backbone))
+    semantic = load_full_student(artifacts / "semantic", backbone)
+    kind = json.loads((artifacts / "detail" / EXPERT_INFO).read_text())["kind"]
+    if kind == "none":  # ablation.od = false: one vanilla model for every step
         detail = None
-    elif info["kind"] == "pe":
-        _require(artifacts / "detail" / "detail.safetensors", "the PE detail expert's weights")
+    elif kind == "pe":
         detail = ParameterEfficientExpert.load(semantic, artifacts / "detail")
     else:
-        detail = load_full_student(artifacts / "detail")
-    boundary_sigma = float(flow.sigma_grid(params.flow.steps, params.flow.shift)[params.boundary])
-    return Generator(method, steps, indices, 1.0, semantic, detail, boundary_sigma)
+        detail = load_full_student(artifacts / "detail", backbone)
+    boundary_sigma = float(backbone.sigma_grid(params.flow.steps, params.flow.shift)[params.boundary])
+    return Generator(method, steps, sigmas, 1.0, semantic, detail, boundary_sigma)
 
 
 @torch.no_grad()
-def sample(generator: Generator, backbone: TinyBackbone, prompts: list[str], seeds: list[int], params,
-           batch_size: int = 16) -> torch.Tensor:
-    """Latents ``(B, C, T, H, W)`` for ``prompts``, each from its seed's initial noise."""
+def sample(generator: Generator, backbone: Backbone, prompts: list[str], seeds: list[int],
+           shape: tuple[int, ...], batch_size: int = 16, progress: bool = False) -> torch.Tensor:
+    """Latents ``(B, C, T, H, W)`` of latent ``shape`` for ``prompts``, each from its seed's noise."""
+    from tqdm.auto import tqdm
+
     from dcm import flow
     from dcm.sampling import initial_noise
 
-    world = params.world
-    shape = (3, world.frames, world.size, world.size)
-    sigmas = flow.sigma_grid(params.flow.steps, params.flow.shift)
-    empty = backbone.encode_prompts([""])
+    device = next(generator.semantic.parameters()).device
+    empty = backbone.encode_prompts([""]).to(device)
+    sigmas = torch.tensor(generator.sigmas)
     out = []
-    for start in range(0, len(prompts), batch_size):
-        text = backbone.encode_prompts(prompts[start:start + batch_size])
-        x = initial_noise(seeds[start:start + batch_size], shape)
+    for start in tqdm(range(0, len(prompts), batch_size), desc=f"{generator.method}@{generator.steps}",
+                      unit="batch", disable=not progress, leave=False):
+        text = backbone.encode_prompts(prompts[start:start + batch_size]).to(device)
+        noise = initial_noise(seeds[start:start + batch_size], shape).to(device)
+        x = backbone.initial_latents(noise, generator.sigmas[0])
         with contextlib.ExitStack() as stack:
             model, in_detail = generator.semantic, False
-            for a, b in zip(generator.indices[:-1], generator.indices[1:], strict=True):
-                if generator.uses_detail(float(sigmas[a])) and not in_detail:  # one switch per batch
+            for a, b in zip(sigmas[:-1], sigmas[1:], strict=True):
+                if generator.uses_detail(float(a)) and not in_detail:  # one switch per batch
                     model, in_detail = stack.enter_context(generator.detail_model()), True
-                if generator.guidance_scale != 1.0:
-                    both = backbone.velocity(model, torch.cat([x, x]), sigmas[a],
-                                             torch.cat([text, empty.expand(len(x), -1, -1)]))
-                    v_cond, v_uncond = both.chunk(2)
-                    v = v_uncond + generator.guidance_scale * (v_cond - v_uncond)
-                else:
-                    v = backbone.velocity(model, x, sigmas[a], text)
-                x = flow.euler_step(x, v, sigmas[a], sigmas[b])
-        out.append(x)
+                velocity = backbone.guided_velocity(model, text, empty.expand(len(x), -1, -1), generator.guidance_scale)
+                x = flow.euler_step(x, velocity(x, a), a, b)
+        out.append(x.cpu())
     return torch.cat(out)

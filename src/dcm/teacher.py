@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 HELDOUT_SEED_BASE = 2**31  # training seeds are drawn below, evaluation seeds start here
 CHECKPOINT = "checkpoint.pt"
-FINGERPRINT_KEYS = ("world", "flow", "model", "teacher")
+FINGERPRINT_KEYS = ("world", "flow", "model.backbone", "model.tiny", "teacher")
 # Settings that do not change what the steps taken so far learned: raising teacher.steps
 # continues a run (with the cosine schedule stretched to the new length).
 FINGERPRINT_IGNORE = ("teacher.steps", "teacher.checkpoint_every", "teacher.eval_every", "teacher.eval_prompts",

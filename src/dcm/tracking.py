@@ -90,9 +90,12 @@ def stage_run(stage: str, params: Params, extra_tags: dict[str, str] | None = No
 
     Under ``accelerate launch`` only the main process opens a run; the others yield ``None``.
     """
+    import torch
     from accelerate import PartialState
 
-    if not PartialState().is_main_process:
+    # the first PartialState fixes the process group for the whole process: on a CPU-only machine it
+    # must be told so, or every launched process would think it is alone and the main one
+    if not PartialState(cpu=not torch.cuda.is_available()).is_main_process:
         yield None
         return
     root = repo_root()

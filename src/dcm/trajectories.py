@@ -24,8 +24,9 @@ from tqdm.auto import tqdm
 from dcm import flow
 from dcm.config import Params
 from dcm.io import atomic_path, write_json
-from dcm.models.tiny import TinyBackbone
-from dcm.sampling import guided, initial_noise
+from dcm.models.base import Backbone
+from dcm.prompts import read_prompts
+from dcm.sampling import initial_noise
 from dcm.world.grammar import all_prompts
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,10 @@ class TrajectorySpec:
 
 
 def prompt_set(params: Params) -> list[tuple[str, int]]:
-    """(prompt, seed) pairs: the toy grammar in a shuffled cycle, or ``trajectories.prompt_file``."""
+    """(prompt, seed) pairs: the toy grammar in a shuffled cycle, or ``trajectories.prompt_file`` in a cycle."""
     t = params.trajectories
     if t.prompt_file:
-        lines = [ln.strip() for ln in Path(t.prompt_file).read_text().splitlines() if ln.strip()]
-        prompts = lines
+        prompts = read_prompts(t.prompt_file)
     else:
         toy = all_prompts()
         order = np.random.default_rng(t.seed).permutation(len(toy))
@@ -83,13 +83,13 @@ def _shard_name(index: int) -> str:
 
 
 @torch.no_grad()
-def teacher_trajectory(backbone: TinyBackbone, text: torch.Tensor, empty: torch.Tensor, noise: torch.Tensor,
+def teacher_trajectory(backbone: Backbone, text: torch.Tensor, empty: torch.Tensor, noise: torch.Tensor,
                        sigmas: torch.Tensor, guidance_scale: float) -> torch.Tensor:
     """Every grid point of the guided Euler solve, ``(B, N + 1, C, T, H, W)`` indexed by grid index."""
-    velocity = guided(lambda x, s, c: backbone.velocity(backbone.transformer, x, s, c), text, empty, guidance_scale)
+    velocity = backbone.guided_velocity(backbone.transformer, text, empty, guidance_scale)
     steps = len(sigmas) - 1
     points = [None] * (steps + 1)
-    x = noise
+    x = backbone.initial_latents(noise, float(sigmas[-1]))
     points[steps] = x
     for k in range(steps, 0, -1):
         x = flow.euler_step(x, velocity(x, sigmas[k]), sigmas[k], sigmas[k - 1])
@@ -110,20 +110,24 @@ def _jsonable(spec: TrajectorySpec) -> dict:
     return json.loads(json.dumps(asdict(spec)))
 
 
-def generate(params: Params, backbone: TinyBackbone, out_dir: Path, accelerator: Accelerator | None = None) -> Path:
+def latent_shape(params: Params, backbone: Backbone) -> tuple[int, ...]:
+    """``(C, T, H, W)`` of one video's latents for the configured video size."""
+    return tuple(backbone.latent_shape(*params.model.video_shape(params.world)))
+
+
+def generate(params: Params, backbone: Backbone, out_dir: Path, accelerator: Accelerator | None = None) -> Path:
     """Generate (or finish) the trajectory shards and write the manifest. Returns its path."""
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     t = params.trajectories
-    world = params.world
-    shape = (3, world.frames, world.size, world.size)
+    shape = latent_shape(params, backbone)
     spec = TrajectorySpec.from_params(params, shape)
     dtype = getattr(torch, t.dtype)
     items = prompt_set(params)
     shards = [items[i:i + t.shard_size] for i in range(0, len(items), t.shard_size)]
-    sigmas = flow.sigma_grid(params.flow.steps, params.flow.shift)
+    sigmas = backbone.sigma_grid(params.flow.steps, params.flow.shift)
     out_dir.mkdir(parents=True, exist_ok=True)
     backbone.transformer.to(accelerator.device).eval()
-    empty = backbone.encode_prompts([""])
+    empty = backbone.encode_prompts([""]).to(accelerator.device)
     mine = [i for i in range(len(shards)) if i % accelerator.num_processes == accelerator.process_index]
     todo = [i for i in mine if not _shard_is_done(out_dir, i, spec, shards[i])]
     if len(todo) < len(mine):
@@ -135,10 +139,9 @@ def generate(params: Params, backbone: TinyBackbone, out_dir: Path, accelerator:
         latents, embeds = [], []
         for start in range(0, len(chunk), t.batch_size):
             batch = chunk[start:start + t.batch_size]
-            text = backbone.encode_prompts([p for p, _ in batch])
+            text = backbone.encode_prompts([p for p, _ in batch]).to(accelerator.device)
             noise = initial_noise([s for _, s in batch], shape).to(accelerator.device)
-            traj = teacher_trajectory(backbone, text.to(accelerator.device), empty.expand(len(batch), -1, -1)
-                                      .to(accelerator.device), noise, sigmas, t.guidance_scale)
+            traj = teacher_trajectory(backbone, text, empty.expand(len(batch), -1, -1), noise, sigmas, t.guidance_scale)
             latents.append(traj[:, list(spec.stored)].to("cpu", dtype))
             embeds.append(text.to("cpu", dtype))
             bar.update(len(batch))

@@ -1,8 +1,9 @@
 """GAN + feature matching for the detail expert (reference-facts §4).
 
 The frozen teacher is the discriminator's backbone: forward hooks tap every ``stride``-th
-transformer block, and one small convolutional head per tap scores every token. Token grids
-are derived from each input's shape and the patch size, so any frame count or resolution works.
+block of the backbone's ``feature_blocks``, and one small convolutional head per tap scores
+every video token. Token grids come from each input's shape (``Backbone.token_grid``), so any
+frame count or resolution works.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dcm.models.base import token_features
 
 
 class FeatureTaps:
@@ -26,19 +29,13 @@ class FeatureTaps:
     @contextlib.contextmanager
     def capture(self) -> Iterator[list[torch.Tensor]]:
         self.features = []
-        handles = [b.register_forward_hook(lambda _m, _i, out: self.features.append(out)) for b in self.blocks]
+        handles = [b.register_forward_hook(lambda _m, _i, out: self.features.append(token_features(out)))
+                   for b in self.blocks]
         try:
             yield self.features
         finally:
             for h in handles:
                 h.remove()
-
-
-def token_grid(latent_shape: Sequence[int], patch_size: Sequence[int]) -> tuple[int, int, int]:
-    """(frames, height, width) of the token grid for a latent ``(B, C, T, H, W)``."""
-    _, _, t, h, w = latent_shape
-    pt, ph, pw = patch_size
-    return t // pt, h // ph, w // pw
 
 
 class DiscriminatorHead(nn.Module):

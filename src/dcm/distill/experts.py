@@ -122,10 +122,14 @@ class ParameterEfficientExpert(nn.Module):
         """The frozen base's own weights (LoRA excluded), for checks and reports."""
         return {n: p for n, p in self.base.named_parameters() if "lora_" not in n}
 
-    def detail_state_dict(self) -> dict[str, torch.Tensor]:
-        state = {f"lora.{k}": v for k, v in get_peft_model_state_dict(self.base, adapter_name=ADAPTER).items()}
-        state.update({f"copies.{k}": v for k, v in self.copies.state_dict().items()})
-        state.update({f"copy_modules.{k}": v for k, v in self.copy_modules.state_dict().items()})
+    def detail_state_dict(self, full: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The LoRA and the copies, from this module or from its whole state dict ``full``
+        (gathered by ``accelerator.get_state_dict`` when the module is sharded)."""
+        full = self.state_dict() if full is None else full
+        base = {k[len("base."):]: v for k, v in full.items() if k.startswith("base.")}
+        state = {f"lora.{k}": v for k, v in
+                 get_peft_model_state_dict(self.base, state_dict=base, adapter_name=ADAPTER).items()}
+        state.update({k: v for k, v in full.items() if k.startswith(("copies.", "copy_modules."))})
         return {k: v.detach().contiguous() for k, v in state.items()}
 
     def load_detail_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -135,11 +139,11 @@ class ParameterEfficientExpert(nn.Module):
         self.copy_modules.load_state_dict(
             {k[len("copy_modules."):]: v for k, v in state.items() if k.startswith("copy_modules.")})
 
-    def save(self, directory: Path) -> None:
+    def save(self, directory: Path, full: dict[str, torch.Tensor] | None = None) -> None:
         """``detail.safetensors`` (LoRA + copies) and ``detail.json`` (how to rebuild it)."""
         directory.mkdir(parents=True, exist_ok=True)
         with atomic_path(directory / "detail.safetensors") as tmp:
-            save_file(self.detail_state_dict(), str(tmp))
+            save_file(self.detail_state_dict(full), str(tmp))
         config = {"kind": "pe", "timestep_layers": list(self.timestep_layers), **self.lora}
         atomic_write_text(directory / "detail.json", json.dumps(config, indent=2) + "\n")
 

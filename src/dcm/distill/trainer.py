@@ -20,18 +20,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 
 from dcm import flow
 from dcm.config import Params, fingerprint
 from dcm.distill import objective
-from dcm.distill.discriminator import Discriminator, FeatureTaps, d_hinge, g_hinge, token_grid
+from dcm.distill.discriminator import Discriminator, FeatureTaps, d_hinge, g_hinge
 from dcm.distill.experts import ParameterEfficientExpert, count_parameters
 from dcm.distill.phases import Role, phases_for, trainable_points
 from dcm.io import atomic_path, atomic_torch_save, atomic_write_text
-from dcm.models.tiny import TinyBackbone, load_backbone
+from dcm.models import load_backbone
+from dcm.models.base import Backbone
 from dcm.tracking import log_metrics
-from dcm.trajectories import TrajectorySpec, Trajectories, load as load_trajectories
+from dcm.trajectories import TrajectorySpec, Trajectories, latent_shape, load as load_trajectories
 
 log = logging.getLogger(__name__)
 
@@ -81,30 +83,34 @@ def _generator(params: Params, role: str, step: int, process: int) -> torch.Gene
     return torch.Generator().manual_seed(zlib.crc32(key))
 
 
-def load_full_student(directory: Path) -> torch.nn.Module:
-    from diffusers import WanTransformer3DModel
-
+def load_full_student(directory: Path, backbone: Backbone) -> torch.nn.Module:
+    """A fully fine-tuned student (``<stage>/model``), of the backbone's transformer class."""
     path = directory / "model"
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"no trained student at {path} (expected {path / 'config.json'}); run its stage first")
-    return WanTransformer3DModel.from_pretrained(path)
+    return backbone.load_transformer(path)
 
 
-def build_student(plan: StudentPlan, params: Params, teacher: TinyBackbone, semantic_dir: Path):
+def build_student(plan: StudentPlan, params: Params, teacher: Backbone, semantic_dir: Path):
     """The trainable module and its trainable parameters."""
     if plan.pe:
-        base = load_full_student(semantic_dir)
+        base = load_full_student(semantic_dir, teacher)
+        if params.distill.gradient_checkpointing:
+            teacher.enable_gradient_checkpointing(base)
         d = params.detail
         student = ParameterEfficientExpert(base, teacher.timestep_layers, d.lora_rank, d.lora_alpha, d.lora_targets)
         return student, student.trainable_parameters()
     student = copy.deepcopy(teacher.transformer).requires_grad_(True)
+    if params.distill.gradient_checkpointing:
+        teacher.enable_gradient_checkpointing(student)
     return student, list(student.parameters())
 
 
-def _student_state(student: torch.nn.Module) -> dict:
+def _student_state(student: torch.nn.Module, full: dict | None = None) -> dict:
+    """What a checkpoint keeps of a student; ``full``: its whole state dict already gathered (FSDP)."""
     if isinstance(student, ParameterEfficientExpert):
-        return student.detail_state_dict()
-    return student.state_dict()
+        return student.detail_state_dict(full)
+    return student.state_dict() if full is None else full
 
 
 def _load_student_state(student: torch.nn.Module, state: dict) -> None:
@@ -115,29 +121,31 @@ def _load_student_state(student: torch.nn.Module, state: dict) -> None:
 
 
 class _Batch:
-    def __init__(self, data: Trajectories, points: torch.Tensor, ends: torch.Tensor, batch: int, gen: torch.Generator):
+    """A random draw of (video, grid point) pairs, moved to the training device."""
+
+    def __init__(self, data: Trajectories, points: torch.Tensor, ends: torch.Tensor, batch: int, gen: torch.Generator,
+                 device: torch.device | str = "cpu"):
         self.videos = torch.randint(len(data.latents), (batch,), generator=gen)
         pick = torch.randint(len(points), (batch,), generator=gen)
         self.i, self.end = points[pick], ends[pick]
-        self.x_i = data.at(self.videos, self.i)
-        self.text = data.prompt_embeds[self.videos].float()
+        self.x_i = data.at(self.videos, self.i).to(device)
+        self.text = data.prompt_embeds[self.videos].float().to(device)
 
 
-def _previous_point(data: Trajectories, batch: _Batch, teacher: TinyBackbone, empty: torch.Tensor) -> torch.Tensor:
-    """``x_{i-1}``: stored, or one online teacher Euler step with CFG from ``x_i``."""
+def _previous_point(data: Trajectories, batch: _Batch, teacher: Backbone, empty: torch.Tensor) -> torch.Tensor:
+    """``x_{i-1}``: stored, or one online guided teacher Euler step from ``x_i``."""
     prev = batch.i - 1
     stored = data.stored_mask[prev]
     out = torch.empty_like(batch.x_i)
     if stored.any():
-        out[stored] = data.at(batch.videos[stored], prev[stored])
+        out[stored.to(out.device)] = data.at(batch.videos[stored], prev[stored]).to(out.device)
     if (~stored).any():
         idx = (~stored).nonzero(as_tuple=True)[0]
         with torch.no_grad():
-            x, s = batch.x_i[idx], data.sigmas[batch.i[idx]]
-            text = torch.cat([batch.text[idx], empty.expand(len(idx), -1, -1)])
-            v_c, v_u = teacher.velocity(teacher.transformer, torch.cat([x, x]), torch.cat([s, s]), text).chunk(2)
-            v = v_u + data.spec.guidance_scale * (v_c - v_u)
-            out[idx] = objective.jump(x, v, s, data.sigmas[prev[idx]])
+            x, s = batch.x_i[idx.to(out.device)], data.sigmas[batch.i[idx]].to(out.device)
+            velocity = teacher.guided_velocity(teacher.transformer, batch.text[idx.to(out.device)],
+                                               empty.expand(len(idx), -1, -1), data.spec.guidance_scale)
+            out[idx.to(out.device)] = objective.jump(x, velocity(x, s), s, data.sigmas[prev[idx]].to(out.device))
     return out
 
 
@@ -152,25 +160,29 @@ def distill(params: Params, stage: str, out_dir: Path, teacher_dir: Path, trajec
         atomic_write_text(out_dir / EXPERT_INFO, json.dumps(info, indent=2) + "\n")
         return info
     d = params.distill
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=d.mixed_precision)
     teacher = load_backbone(teacher_dir)
-    teacher.transformer.requires_grad_(False).eval()
-    world = params.world
-    shape = (3, world.frames, world.size, world.size)
+    teacher.transformer.requires_grad_(False).eval().to(accelerator.device)
+    shape = latent_shape(params, teacher)
+    if plan.tc and shape[1] <= params.semantic.tc_lag:
+        raise ValueError(f"semantic.tc_lag = {params.semantic.tc_lag} needs more latent frames than that; this "
+                         f"backbone's latents have {shape[1]} (shape {shape}); lower semantic.tc_lag or "
+                         "turn ablation.tc off")
     data = load_trajectories(trajectory_dir, TrajectorySpec.from_params(params, shape))
-    sigmas = data.sigmas
+    sigmas = data.sigmas.to(accelerator.device)
     phases = phases_for(plan.role, params.flow.steps, params.boundary, params.pcm.phases)
     points, ends = trainable_points(phases, data.stored_mask)
-    empty = teacher.encode_prompts([""])
+    empty = teacher.encode_prompts([""]).to(accelerator.device)
 
     student, trainable = build_student(plan, params, teacher, semantic_dir or out_dir.parent / "semantic")
     optimizer = torch.optim.AdamW(trainable, lr=plan.lr, weight_decay=d.weight_decay)
     ema = copy.deepcopy(student).requires_grad_(False) if d.target == "ema" else None
     taps = disc = d_optimizer = None
     if plan.gf:
-        taps = FeatureTaps(teacher.transformer.blocks, params.detail.feature_stride)
-        inner = teacher.transformer.config.num_attention_heads * teacher.transformer.config.attention_head_dim
-        disc = Discriminator(inner, len(taps.indices), params.detail.head_width)
+        if d.gradient_checkpointing:  # the GAN and feature losses backpropagate through the teacher
+            teacher.enable_gradient_checkpointing(teacher.transformer)
+        taps = FeatureTaps(teacher.feature_blocks(), params.detail.feature_stride)
+        disc = Discriminator(teacher.feature_dim(), len(taps.indices), params.detail.head_width)
         d_optimizer = torch.optim.AdamW(disc.parameters(), lr=params.detail.d_lr, betas=(0.0, 0.999))
 
     step = 0
@@ -183,7 +195,8 @@ def distill(params: Params, stage: str, out_dir: Path, teacher_dir: Path, trajec
         ckpt = None
     if ckpt is not None:
         _load_student_state(student, ckpt["student"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt["optimizer"] is not None:  # else FSDP: each rank reloads its shard after prepare()
+            optimizer.load_state_dict(ckpt["optimizer"])
         if ema is not None:
             _load_student_state(ema, ckpt["ema"])
         if disc is not None:
@@ -197,11 +210,19 @@ def distill(params: Params, stage: str, out_dir: Path, teacher_dir: Path, trajec
         disc, d_optimizer = accelerator.prepare(disc, d_optimizer)
     raw = accelerator.unwrap_model(model)
     target_net = ema if ema is not None else raw
+    if ckpt is not None and ckpt["optimizer"] is None:
+        optimizer.load_state_dict(torch.load(rank_optimizer, map_location="cpu", weights_only=False))
+
+    sharded = accelerator.distributed_type == DistributedType.FSDP
+    rank_optimizer = out_dir / f"optimizer-rank{accelerator.process_index}.pt"  # FSDP: each rank's shard
 
     def save() -> None:
+        full = accelerator.get_state_dict(model)  # a collective under FSDP: every rank takes part
+        if sharded:
+            atomic_torch_save(optimizer.state_dict(), rank_optimizer)
         if accelerator.is_main_process:
-            state = {"fingerprint": fp, "step": step, "student": _student_state(raw),
-                     "optimizer": optimizer.state_dict()}
+            state = {"fingerprint": fp, "step": step, "student": _student_state(raw, full),
+                     "optimizer": None if sharded else optimizer.state_dict()}
             if ema is not None:
                 state["ema"] = _student_state(ema)
             if disc is not None:
@@ -217,37 +238,39 @@ def distill(params: Params, stage: str, out_dir: Path, teacher_dir: Path, trajec
     first_step, started, probe_seconds = step, time.perf_counter(), 0.0
     while step < plan.steps:
         gen = _generator(params, plan.role, step, accelerator.process_index)
-        batch = _Batch(data, points, ends, d.batch_size, gen)
+        batch = _Batch(data, points, ends, d.batch_size, gen, accelerator.device)
         x_prev = _previous_point(data, batch, teacher, empty)
         model.train()
-        pred = objective.consistency_prediction(batch.x_i, batch.i, batch.end, sigmas,
-                                                lambda x, s: teacher.velocity(model, x, s, batch.text))
-        target = objective.consistency_target(x_prev, batch.i, batch.end, sigmas,
-                                              lambda x, s: teacher.velocity(target_net, x, s, batch.text))
-        losses = {"loss_consistency": objective.pseudo_huber(pred, target, d.huber_c)}
-        loss = losses["loss_consistency"]
-        if plan.tc:
-            losses["loss_tc"] = objective.temporal_coherence(pred, target, params.semantic.tc_lag)
-            loss = loss + params.semantic.tc_weight * losses["loss_tc"]
-        if plan.gf:
-            sigma_a = detail_sigmas[torch.randint(len(detail_sigmas), (d.batch_size,), generator=gen)]
-            noise = torch.randn(pred.shape, generator=gen)
-            grid = token_grid(pred.shape, teacher.transformer.config.patch_size)
-            accelerator.unwrap_model(disc).requires_grad_(False)
-            with taps.capture() as fake_features:
-                v_fake = teacher.velocity(teacher.transformer, flow.add_noise(pred, noise, sigma_a), sigma_a, batch.text)
-            with torch.no_grad(), taps.capture() as real_features:
-                v_real = teacher.velocity(teacher.transformer, flow.add_noise(target, noise, sigma_a), sigma_a,
-                                          batch.text)
-            fake_features, real_features = list(fake_features), list(real_features)
-            losses["loss_g"] = g_hinge(disc(fake_features, grid))
-            losses["loss_fm"] = F.mse_loss(v_fake.float(), v_real.float())
-            loss = loss + params.detail.g_weight * losses["loss_g"] + params.detail.fm_weight * losses["loss_fm"]
+        with accelerator.autocast():  # bf16/fp16 compute, fp32 master weights
+            pred = objective.consistency_prediction(batch.x_i, batch.i, batch.end, sigmas,
+                                                    lambda x, s: teacher.velocity(model, x, s, batch.text))
+            target = objective.consistency_target(x_prev, batch.i, batch.end, sigmas,
+                                                  lambda x, s: teacher.velocity(target_net, x, s, batch.text))
+            losses = {"loss_consistency": objective.pseudo_huber(pred, target, d.huber_c)}
+            loss = losses["loss_consistency"]
+            if plan.tc:
+                losses["loss_tc"] = objective.temporal_coherence(pred, target, params.semantic.tc_lag)
+                loss = loss + params.semantic.tc_weight * losses["loss_tc"]
+            if plan.gf:
+                sigma_a = detail_sigmas[torch.randint(len(detail_sigmas), (d.batch_size,), generator=gen)]
+                noise = torch.randn(pred.shape, generator=gen).to(pred.device)
+                grid = teacher.token_grid(pred.shape)
+                accelerator.unwrap_model(disc).requires_grad_(False)
+                with taps.capture() as fake_features:
+                    v_fake = teacher.velocity(teacher.transformer, flow.add_noise(pred, noise, sigma_a), sigma_a, batch.text)
+                with torch.no_grad(), taps.capture() as real_features:
+                    v_real = teacher.velocity(teacher.transformer, flow.add_noise(target, noise, sigma_a), sigma_a,
+                                              batch.text)
+                fake_features, real_features = list(fake_features), list(real_features)
+                losses["loss_g"] = g_hinge(disc(fake_features, grid))
+                losses["loss_fm"] = F.mse_loss(v_fake.float(), v_real.float())
+                loss = loss + params.detail.g_weight * losses["loss_g"] + params.detail.fm_weight * losses["loss_fm"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{stage}: loss is {loss.item()} at step {step} "
                                      f"({ {k: v.item() for k, v in losses.items()} }); last good checkpoint: {ckpt_path}")
         accelerator.backward(loss)
-        grad_norm = accelerator.clip_grad_norm_(trainable, d.grad_clip)
+        # all of the model's parameters (frozen ones have no gradient), which FSDP requires
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), d.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if plan.gf:
@@ -283,11 +306,12 @@ def distill(params: Params, stage: str, out_dir: Path, teacher_dir: Path, trajec
                "tc": plan.tc, "gf": plan.gf, "trainable_parameters": count_parameters(trainable),
                "teacher_parameters": count_parameters(teacher.transformer.parameters()),
                "seconds_per_step": seconds / max(1, plan.steps - first_step)}
+    full = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         if plan.pe:
-            raw.save(out_dir)
+            raw.save(out_dir, full)
         else:
-            raw.save_pretrained(out_dir / "model")
+            raw.save_pretrained(out_dir / "model", state_dict=full)
         atomic_write_text(out_dir / EXPERT_INFO, json.dumps(summary, indent=2) + "\n")
         log_metrics({k: summary[k] for k in ("trainable_parameters", "seconds_per_step")})
     accelerator.wait_for_everyone()
@@ -318,11 +342,11 @@ class _BucketProbe:
             with self.path.open() as fh:
                 self.rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
-    def probe(self, model, teacher: TinyBackbone, empty: torch.Tensor, step: int) -> None:
+    def probe(self, model, teacher: Backbone, empty: torch.Tensor, step: int) -> None:
         c = self.params.distill.huber_c
         gen = torch.Generator().manual_seed(12345)
         for b, pts, ends, lo, hi in self.buckets:
-            batch = _Batch(self.data, pts, ends, self.params.distill.batch_size, gen)
+            batch = _Batch(self.data, pts, ends, self.params.distill.batch_size, gen, empty.device)
             x_prev = _previous_point(self.data, batch, teacher, empty)
             pred = objective.consistency_prediction(batch.x_i, batch.i, batch.end, self.sigmas,
                                                     lambda x, s: teacher.velocity(model, x, s, batch.text))

@@ -1,5 +1,61 @@
-"""Backbone adapters: everything dcm needs to know about a text-to-video model."""
+"""Backbone adapters: everything dcm needs to know about a text-to-video model.
 
-from dcm.models.tiny import TinyBackbone, build_tiny_backbone, load_backbone
+``load_backbone`` opens a teacher directory. The tiny teacher's directory holds the model itself;
+for a real checkpoint the ``teacher`` stage writes a ``backbone.json`` that names the adapter
+(``kind``) and the local diffusers directory (``path``), so every later stage loads it the same way.
+"""
 
-__all__ = ["TinyBackbone", "build_tiny_backbone", "load_backbone"]
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dcm.models.base import Backbone, BackboneError, check_model_dir
+from dcm.models.cogvideox import CogVideoXBackbone
+from dcm.models.hunyuan import HunyuanVideoBackbone
+from dcm.models.tiny import TinyBackbone, build_tiny_backbone
+from dcm.models.wan import WanBackbone
+
+BACKBONES: dict[str, type[Backbone]] = {
+    "tiny": TinyBackbone,
+    "wan": WanBackbone,
+    "cogvideox": CogVideoXBackbone,
+    "hunyuanvideo": HunyuanVideoBackbone,
+}
+
+META = "backbone.json"
+
+
+def backbone_class(kind: str) -> type[Backbone]:
+    if kind not in BACKBONES:
+        raise BackboneError(f"unknown backbone {kind!r}; known: {', '.join(BACKBONES)}")
+    return BACKBONES[kind]
+
+
+def load_backbone(path: str | Path, kind: str | None = None, **options) -> Backbone:
+    """Load the backbone in ``path``: a directory with ``backbone.json``, or a diffusers directory of ``kind``."""
+    path = Path(path)
+    meta = path / META
+    if meta.exists():
+        info = json.loads(meta.read_text())
+        kind = info["kind"]
+        options = {**info.get("options", {}), **options}
+        path = Path(info.get("path", path))
+    elif kind is None:
+        raise BackboneError(f"{meta} is missing: run `dcm teacher` or `dvc repro teacher` to create the teacher "
+                            "directory, or pass the backbone kind for a plain diffusers directory")
+    return backbone_class(kind).from_pretrained(path, **options)
+
+
+def write_backbone_link(directory: str | Path, kind: str, source: str | Path, **options) -> None:
+    """Point a teacher directory at a local diffusers checkpoint (real backbones are not copied)."""
+    from dcm.io import write_json
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json(directory / META, {"kind": kind, "path": str(Path(source).resolve()), "options": options})
+
+
+__all__ = ["BACKBONES", "Backbone", "BackboneError", "CogVideoXBackbone", "HunyuanVideoBackbone", "TinyBackbone",
+           "WanBackbone", "backbone_class",
+           "build_tiny_backbone", "check_model_dir", "load_backbone", "write_backbone_link"]

@@ -20,6 +20,8 @@ from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
 from dcm.config import TinyModelParams
+from dcm.models.base import Backbone, check_model_dir
+from dcm.models.wan import WAN_TIMESTEP_LAYERS, wan_velocity
 from dcm.world.grammar import word_list
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
@@ -27,7 +29,7 @@ SUBFOLDERS = ("transformer", "text_encoder", "tokenizer")
 
 
 @dataclass
-class TinyBackbone:
+class TinyBackbone(Backbone):
     """A tiny text-to-video flow-matching model and its text stack."""
 
     transformer: WanTransformer3DModel
@@ -38,8 +40,7 @@ class TinyBackbone:
     kind = "tiny"
     # What the parameter-efficient detail expert copies: Wan's timestep path (time embedder and
     # its projection to the blocks' modulation) and the output modulation and projection.
-    timestep_layers = ("condition_embedder.time_embedder", "condition_embedder.time_proj", "proj_out",
-                       "scale_shift_table")
+    timestep_layers = WAN_TIMESTEP_LAYERS
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
@@ -54,20 +55,23 @@ class TinyBackbone:
         hidden = self.text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
         return hidden * tokens.attention_mask[..., None].to(hidden.dtype)
 
-    @staticmethod
-    def encode_video(pixels: torch.Tensor) -> torch.Tensor:
+    def encode_video(self, pixels: torch.Tensor) -> torch.Tensor:
         """The VAE slot: identity in pixel space (``(B, 3, T, H, W)`` in [-1, 1])."""
         return pixels
 
-    @staticmethod
-    def decode_latents(latents: torch.Tensor) -> torch.Tensor:
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return latents
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        return 3, frames, height, width
 
     def velocity(self, transformer: torch.nn.Module, latents: torch.Tensor, sigma: torch.Tensor,
                  text: torch.Tensor) -> torch.Tensor:
-        """Call a transformer (the teacher or a student) as a flow-matching velocity model."""
-        t = torch.as_tensor(sigma, dtype=latents.dtype, device=latents.device).expand(latents.shape[0]) * 1000.0
-        return transformer(latents, t, text, return_dict=False)[0]
+        return wan_velocity(transformer, latents, sigma, text)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **_) -> TinyBackbone:
+        return load_tiny_backbone(path)
 
     def save_pretrained(self, path: str | Path, transformer: torch.nn.Module | None = None) -> None:
         path = Path(path)
@@ -141,19 +145,11 @@ def build_tiny_backbone(params: TinyModelParams, seed: int = 0) -> TinyBackbone:
     return TinyBackbone(transformer, text_encoder, tokenizer, params.text_max_length)
 
 
-def load_backbone(path: str | Path) -> TinyBackbone:
-    """Load a saved backbone directory; a missing part is an error naming the file expected."""
-    path = Path(path)
-    meta = path / "backbone.json"
-    missing = [str(path / s) for s in SUBFOLDERS if not (path / s).is_dir()]
-    if not meta.exists():
-        missing.insert(0, str(meta))
-    if missing:
-        raise FileNotFoundError(
-            f"backbone directory {path} is incomplete; expected {', '.join(SUBFOLDERS)} and backbone.json, "
-            f"missing: {', '.join(missing)} (run `dcm teacher` or `dvc repro teacher` to create it)"
-        )
-    info = json.loads(meta.read_text())
+def load_tiny_backbone(path: str | Path) -> TinyBackbone:
+    """Load a saved tiny backbone directory; a missing part is an error naming the file expected."""
+    path = check_model_dir(path, (*SUBFOLDERS, "backbone.json"), "tiny",
+                           "run `dcm teacher` or `dvc repro teacher` to create it")
+    info = json.loads((path / "backbone.json").read_text())
     transformer = WanTransformer3DModel.from_pretrained(path / "transformer")
     text_encoder = UMT5EncoderModel.from_pretrained(path / "text_encoder").eval().requires_grad_(False)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(path / "tokenizer")

@@ -1,0 +1,304 @@
+"""What a run will cost before renting GPUs: parameters, memory per GPU and time of each heavy stage.
+
+Parameter counts are exact: the transformer (and the PE detail expert on it) is built on the meta
+device from the params (tiny) or from ``model.path/transformer/config.json`` (real backbones), so
+no weights are read. Memory and time are estimates from stated assumptions, printed with the table
+(:attr:`Estimate.assumptions`); they follow what the trainer does today (e.g. the frozen teacher
+stays in fp32 on every GPU).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from dcm.config import Params, ParamsError
+
+Sharding = Literal["fsdp", "ddp"]
+ACT_VALUES = 17  # stored activation values per token per width per block (Korthikanti et al. 2022: 34 bytes at 16 bit)
+H100_PEAK = 989.0  # dense bf16 TFLOP/s of an H100 SXM
+TEXT_TOKENS = {"wan": 512, "cogvideox": 226, "hunyuanvideo": 256}  # the adapters' default max_sequence_length
+JOINT = ("cogvideox", "hunyuanvideo")  # text tokens join the self-attention sequence
+GiB = 2**30
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """Exact counts and shapes of the configured backbone."""
+
+    backbone: str
+    teacher: int  # transformer parameters
+    lora: int  # detail expert LoRA parameters
+    copies: int  # detail expert copied timestep layers
+    discriminator: int
+    width: int
+    layers: int  # transformer blocks
+    latent: tuple[int, ...]  # (C, T, H, W) of one video
+    patch: tuple[int, int, int]
+    video_tokens: int
+    text_tokens: int
+    guidance_branches: int  # transformer calls per guided teacher step (2 with CFG)
+
+    @property
+    def pe(self) -> int:
+        return self.lora + self.copies
+
+    def forward_flops(self) -> float:
+        """One forward of one sample: 2 x params x tokens, plus attention scores and values."""
+        joint = self.backbone in JOINT
+        seq = self.video_tokens + (self.text_tokens if joint else 0)
+        attended = seq + (0 if joint else self.text_tokens)  # self-attention, + cross-attention to the text
+        return 2.0 * self.teacher * seq + 4.0 * self.layers * seq * attended * self.width
+
+
+def _skeleton(params: Params):
+    """The backbone adapter with its transformer (and VAE) on the meta device, weights never read."""
+    from accelerate import init_empty_weights
+
+    from dcm.models import backbone_class, build_tiny_backbone
+
+    m = params.model
+    if m.backbone == "tiny":
+        with torch.random.fork_rng(devices=[]), init_empty_weights():
+            return build_tiny_backbone(m.tiny)
+    import diffusers
+
+    cls = backbone_class(m.backbone)
+    path = cls.check(m.path)
+
+    def meta(folder: str):
+        config = json.loads((path / folder / "config.json").read_text())
+        with init_empty_weights():
+            return getattr(diffusers, config["_class_name"]).from_config(config)
+
+    backbone = object.__new__(cls)  # no __init__: it would want the text encoders and tokenizers
+    backbone.transformer, backbone.vae = meta("transformer"), meta("vae")
+    if getattr(backbone.transformer, "ofs_embedding", None) is not None:  # as CogVideoXBackbone.__init__ does
+        backbone.timestep_layers = (*cls.timestep_layers, "ofs_embedding")
+    return backbone
+
+
+def model_facts(params: Params) -> ModelFacts:
+    """Count parameters exactly on meta tensors: teacher, PE detail expert, discriminator."""
+    from accelerate import init_empty_weights
+
+    from dcm.distill.discriminator import Discriminator, FeatureTaps
+    from dcm.distill.experts import ParameterEfficientExpert, count_parameters
+
+    backbone = _skeleton(params)
+    transformer = backbone.transformer
+    teacher = count_parameters(transformer.parameters())
+    blocks = backbone.feature_blocks()
+    latent = tuple(backbone.latent_shape(*params.model.video_shape(params.world)))
+    patch = tuple(backbone.patch_size())
+    d = params.detail
+    with init_empty_weights():
+        disc = Discriminator(backbone.feature_dim(), len(FeatureTaps(blocks, d.feature_stride).indices), d.head_width)
+        expert = ParameterEfficientExpert(transformer, backbone.timestep_layers, d.lora_rank, d.lora_alpha,
+                                          d.lora_targets)
+    lora = sum(p.numel() for n, p in transformer.named_parameters() if "lora_" in n)
+    tokens = 1
+    for size, step in zip(latent[1:], patch, strict=True):
+        tokens *= size // step
+    text = params.model.tiny.text_max_length if params.model.backbone == "tiny" else (
+        params.model.max_sequence_length or TEXT_TOKENS[params.model.backbone])
+    guided = backbone.guidance == "cfg" and params.trajectories.guidance_scale != 1.0
+    return ModelFacts(params.model.backbone, teacher, lora, count_parameters(expert.trainable_parameters()) - lora,
+                      count_parameters(disc.parameters()), backbone.feature_dim(), len(blocks), latent, patch,
+                      tokens, text, 2 if guided else 1)
+
+
+@dataclass
+class StageCost:
+    name: str
+    what: str
+    trainable: int
+    memory: dict[str, float]  # bytes per GPU by component
+    seconds: float  # per unit (step, video)
+    unit: str
+    total_seconds: float
+
+
+@dataclass
+class Estimate:
+    facts: ModelFacts
+    processes: int
+    sharding: Sharding
+    tflops: float
+    stages: list[StageCost] = field(default_factory=list)
+    host: dict[str, float] = field(default_factory=dict)  # host RAM per process, bytes
+    assumptions: list[str] = field(default_factory=list)
+
+    def stage(self, name: str) -> StageCost:
+        return next(s for s in self.stages if s.name == name)
+
+    def render(self) -> str:
+        f = self.facts
+        lines = [
+            f"dcm estimate: backbone {f.backbone}, latent {f.latent}, patch {f.patch} -> {f.video_tokens:,} video "
+            f"tokens + {f.text_tokens} text tokens, {f.layers} blocks of width {f.width}",
+            f"hardware: {self.processes} process(es), {self.sharding.upper()}, {self.tflops:g} TFLOP/s sustained "
+            f"per GPU; one forward of one sample = {f.forward_flops() / 1e12:.4g} TFLOP",
+            "",
+            "parameters",
+            f"  teacher transformer            {f.teacher:>15,}",
+            f"  detail expert PE (trainable)   {f.pe:>15,}  (LoRA {f.lora:,} + copied timestep layers "
+            f"{f.copies:,}; {100 * f.pe / f.teacher:.1f}% of the teacher)",
+            f"  detail expert OD (trainable)   {f.teacher:>15,}  (a second full transformer)",
+            f"  discriminator (trainable)      {f.discriminator:>15,}",
+            "",
+        ]
+        keys = list(dict.fromkeys(k for s in self.stages for k in s.memory))
+        header = ["stage", "trainable", *keys, "total/GPU", "time", "stage total"]
+        rows = [[s.name, f"{s.trainable:,}", *(_size(s.memory.get(k, 0.0)) for k in keys),
+                 _size(sum(s.memory.values())), f"{_time(s.seconds)}/{s.unit}", _time(s.total_seconds)]
+                for s in self.stages]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+                  for r in [header, *rows]]
+        lines += [""] + [f"  {s.name}: {s.what}" for s in self.stages]
+        lines += ["", "host RAM per process: " + ", ".join(f"{k} {_size(v)}" for k, v in self.host.items()), "",
+                  "assumptions"]
+        lines += [f"  {i}. {a}" for i, a in enumerate(self.assumptions, 1)]
+        return "\n".join(lines)
+
+
+def _size(n: float) -> str:
+    if not n:
+        return "-"
+    for unit, scale in (("GiB", GiB), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _time(s: float) -> str:
+    if s >= 3600:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 60:.1f} min" if s >= 120 else f"{s:.3g} s"
+
+
+def estimate(params: Params, processes: int | None = None, sharding: Sharding | None = None,
+             tflops: float = 400.0, facts: ModelFacts | None = None) -> Estimate:
+    """Memory per GPU and time of trajectories, semantic, detail and sample for ``params``."""
+    f = facts or model_facts(params)
+    n = processes or params.launch.num_processes
+    sharding = sharding or _config_sharding(params.launch.config_file)
+    shard = n if sharding == "fsdp" else 1
+    d = params.distill
+    half = d.mixed_precision != "no"
+    act_bytes = 2 if half else 4
+    flops = f.forward_flops()
+    per_sec = tflops * 1e12
+    latent = 1
+    for size in f.latent:
+        latent *= size
+    g = f.guidance_branches
+    store = params.trajectories.store_every
+    online = (store - 1) / store  # share of previous points that need an online guided teacher step
+    est = Estimate(f, n, sharding, tflops)
+
+    def activations(batch: int, checkpointed: bool) -> float:
+        per_block = f.video_tokens * f.width * act_bytes * batch
+        return per_block * (f.layers + ACT_VALUES if checkpointed else ACT_VALUES * f.layers)
+
+    def inference_activations(batch: int) -> float:
+        return f.video_tokens * f.width * 4.0 * ACT_VALUES * batch
+
+    def training(name: str, what: str, trainable: int, frozen: int, units: float, steps: int, gf: bool) -> StageCost:
+        b = d.batch_size
+        mem = {"teacher": 4.0 * f.teacher, "weights": 4.0 * (trainable + frozen) / shard,
+               "grads": 4.0 * trainable / shard, "AdamW": 8.0 * trainable / shard}
+        if half:  # bf16 copies: autocast's weight cache (DDP) or two all-gathered blocks (FSDP)
+            mem["bf16 copies"] = 2.0 * trainable if sharding == "ddp" else 2 * 2.0 * (trainable + frozen) / f.layers
+        if d.target == "ema":
+            mem["EMA"] = 4.0 * (trainable + frozen)
+        mem["activations"] = activations(b, d.gradient_checkpointing)
+        if gf:  # the teacher forward the GAN/FM losses backpropagate through is never checkpointed
+            mem["activations"] += activations(b, False)
+            mem["discriminator"] = 16.0 * f.discriminator
+        units += (1 if d.gradient_checkpointing else 0) + 1 + online * g + (3 if gf else 0)
+        seconds = units * b * flops / per_sec
+        return StageCost(name, what, trainable, mem, seconds, "step", seconds * steps)
+
+    t = params.trajectories
+    traj_seconds = params.flow.steps * g * flops / per_sec
+    est.stages.append(StageCost(
+        "trajectories", f"{t.videos} videos x {params.flow.steps} steps x {g} transformer calls (CFG), no grad, "
+        f"videos split over {n} process(es)", 0,
+        {"teacher": 4.0 * f.teacher, "activations": inference_activations(t.batch_size * g),
+         "trajectory buffer": 4.0 * t.batch_size * (params.flow.steps + 1) * latent},
+        traj_seconds, "video", traj_seconds * -(-t.videos // n)))
+    a = params.ablation
+    est.stages.append(training(
+        "semantic", f"full fine-tune ({'semantic expert' if a.od else 'vanilla model'}), {params.semantic.steps} "
+        f"steps of {d.batch_size}/process: forward + 2x backward + target forward", f.teacher, 0, 3.0,
+        params.semantic.steps, False))
+    if a.od:
+        pe = a.pe
+        est.stages.append(training(
+            "detail", ("PE: LoRA + copies on the frozen semantic expert, forward + 1x backward (input grads)" if pe
+                       else "OD: full fine-tune, forward + 2x backward")
+            + (" + GAN/FM: 3 teacher passes" if a.gf else "") + f", {params.detail.steps} steps",
+            f.pe if pe else f.teacher, f.teacher if pe else 0, 2.0 if pe else 3.0, params.detail.steps, a.gf))
+    for k in params.sample.steps if "dcm" in params.sample.methods else ():
+        resident = 4.0 * (f.teacher + (f.pe if a.pe else f.teacher))
+        seconds = k * flops / per_sec
+        est.stages.append(StageCost(f"sample dcm@{k}", f"{k} steps, guidance 1, batch 1, "
+                                    f"{'PE fused' if a.pe else 'OD'}", 0,
+                                    {"weights": resident, "activations": inference_activations(1)}, seconds, "video",
+                                    seconds * params.sample.videos))
+    seconds = params.flow.steps * g * flops / per_sec
+    est.stages.append(StageCost("sample teacher", f"{params.flow.steps} steps, {g} calls per step (CFG)", 0,
+                                {"teacher": 4.0 * f.teacher, "activations": inference_activations(g)}, seconds, "video",
+                                seconds * params.sample.videos))
+    stored = len(set(range(0, params.flow.steps + 1, store)) | {params.flow.steps})
+    est.host = {"trajectories held by each distillation process":
+                t.videos * stored * latent * {"float32": 4}.get(t.dtype, 2)}
+    est.assumptions = [
+        f"compute: {tflops:g} TFLOP/s sustained per GPU (--tflops); 400 is ~{100 * 400 / H100_PEAK:.0f}% MFU of an "
+        f"H100 SXM's {H100_PEAK:g} dense bf16 TFLOP/s; fp32 runs are far slower than this",
+        "FLOPs of one forward per sample: 2 x parameters x sequence tokens + 4 x blocks x tokens x attended tokens x "
+        "width (attention scores and values; cross-attention to the text for Wan, joint text+video sequence for "
+        "CogVideoX/HunyuanVideo); a full training step adds 2 forwards for the backward, a PE step 1 "
+        "(input gradients through the frozen base; the LoRA weight gradients are negligible)",
+        "per training step (read from distill/trainer.py): student forward + backward (+1 forward with "
+        "gradient checkpointing), 1 target forward (no grad), an online guided teacher step for the share "
+        f"({online:.2f}) of previous points not stored (trajectories.store_every = {store}), and with GAN/FM 3 teacher "
+        "passes (fake forward, its backward to the student, real forward); discriminator FLOPs and the noise-bucket "
+        "probe are ignored",
+        "data parallel: each process runs distill.batch_size samples per step, so the time per step does not depend "
+        "on the process count; communication (all-reduce, FSDP all-gathers) is assumed overlapped and not counted",
+        f"memory: fp32 master weights (4 B/param), fp32 gradients (4 B) and AdamW m and v (8 B) of the student; "
+        f"under FSDP full shard these are divided by the {n} processes, under DDP every GPU holds them all; "
+        "DDP gradient buckets and allocator fragmentation are not counted",
+        "bf16 compute copies (distill.mixed_precision bf16/fp16): the autocast weight cache under DDP (2 B per "
+        "trainable parameter), two all-gathered bf16 blocks under FSDP",
+        "the frozen teacher is held in fp32 and replicated on every GPU (the trainer loads it so and never "
+        "shards it), in every stage",
+        f"activations: {ACT_VALUES} values per video token per width per block (Korthikanti et al. 2022, flash "
+        "attention so no tokens^2 term), 2 B under bf16/fp16 and 4 B under distill.mixed_precision = 'no'; with "
+        "gradient checkpointing only each block's input (1 value) is kept plus one block recomputed at a time",
+        "trajectories and sampling run without grad: one block's activations live at a time, in fp32",
+        "sample rows: weights resident for one DCM generator (semantic expert + PE extras, or + a second "
+        "transformer for OD) in fp32; note that the sample stage loads every (method, steps) generator at once",
+        "host RAM: the distillation stages load every stored trajectory into each process's memory",
+        "not counted: text encoder and VAE (prompt encoding, latent decoding), data loading, checkpoint writes",
+    ]
+    return est
+
+
+def _config_sharding(config_file: str | None) -> Sharding:
+    """FSDP when the launch config says so, else replicated weights (DDP or one process)."""
+    if not config_file:
+        return "ddp"
+    import yaml
+
+    if not Path(config_file).is_file():
+        raise ParamsError(f"launch.config_file = {config_file!r}: no such file; see configs/README.md")
+    with open(config_file) as fh:
+        return "fsdp" if (yaml.safe_load(fh) or {}).get("distributed_type") == "FSDP" else "ddp"

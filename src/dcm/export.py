@@ -1,0 +1,320 @@
+"""Export the distilled students to stock diffusers, so they run where dcm is not installed.
+
+* :func:`export_wan_pipeline` writes a ``diffusers.WanPipeline`` directory: ``transformer`` is the
+  semantic expert, ``transformer_2`` the detail expert as one plain ``WanTransformer3DModel`` (PE:
+  the LoRA merged into the semantic expert's weights and the copied timestep layers written in;
+  OD: the separately trained model) and ``boundary_ratio`` the boundary's sigma, so the pipeline's
+  own two-expert switch (made for Wan2.2) runs DCM's switch. ``ablation.od = false`` gives a
+  single-transformer pipeline.
+* :func:`export_detail_lora` writes the PE detail expert as a diffusers LoRA file plus its copied
+  timestep layers, for any real backbone (CogVideoX and HunyuanVideo pipelines hold one
+  transformer, so they cannot switch experts by themselves).
+
+The limitation: the stock pipeline calls ``scheduler.set_timesteps(num_inference_steps)`` and
+nothing else, so it runs :func:`stock_sigmas`, not the DCM schedule dcm samples with
+(``schedule("dcm", k, N, boundary)``: ``k/2`` grid points in ``[N, boundary]``, ``k/2`` in
+``[boundary, 0]``). For ``flow.shift = 3``, 4 steps, boundary 35 of 50 (sigma 0.8750):
+
+* dcm:   1.0000 0.9403 | 0.8750 0.6279 (then 0), experts S S | D D;
+* stock: 1.0000 0.8577 0.6022 0.0089 (then 0), experts S D D D.
+
+The pipeline's switch still matches dcm's (the detail expert runs every step from a sigma at or
+below the boundary sigma), but the students are then evaluated off the points they were trained
+on. To see (and score) exactly what the exported pipeline produces, sample with
+``sample.schedule: stock`` (``dvc exp run -S sample.schedule=stock``), which runs dcm's sampler on
+:func:`dcm.students.stock_sigmas`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from dcm import flow
+from dcm.config import Params
+from dcm.distill.experts import ParameterEfficientExpert
+from dcm.distill.trainer import EXPERT_INFO, load_full_student
+from dcm.io import atomic_write_text, write_json
+from dcm.models import META, WanBackbone, load_backbone
+from dcm.students import SamplingError, schedule, stock_sigmas
+
+#: added to the boundary sigma for ``boundary_ratio``: dcm runs the detail expert at sigmas <= the
+#: boundary's, WanPipeline runs ``transformer_2`` at timesteps strictly below ``1000 * boundary_ratio``,
+#: so a step from exactly the boundary needs the ratio a hair above it (1e-3 in timesteps, far more
+#: than float32 rounding near t = 1000, far less than any step of a few-step schedule)
+BOUNDARY_EPSILON = 1e-6
+LORA_FILE = "pytorch_lora_weights.safetensors"
+COPIED_FILE = "copied_layers.safetensors"
+PIPELINES = {"wan": "WanPipeline", "cogvideox": "CogVideoXPipeline", "hunyuanvideo": "HunyuanVideoPipeline"}
+TRANSFORMERS = {"wan": "WanTransformer3DModel", "cogvideox": "CogVideoXTransformer3DModel",
+                "hunyuanvideo": "HunyuanVideoTransformer3DModel"}
+
+
+class ExportError(ValueError):
+    """An export that cannot be made from these params and artifacts."""
+
+
+def merge_detail_expert(semantic: nn.Module, detail_dir: Path) -> nn.Module:
+    """The PE detail expert as one plain transformer of the semantic expert's class (LoRA merged into
+    the weights, copied timestep layers written in), so a stock pipeline can hold it."""
+    expert = ParameterEfficientExpert.load(copy.deepcopy(semantic), detail_dir)
+    with expert.fused() as model:  # leaving the block unmerges, hence the clones
+        state = {k.replace(".base_layer", ""): v.clone() for k, v in model.state_dict().items() if "lora_" not in k}
+    merged = copy.deepcopy(semantic)
+    merged.load_state_dict(state)  # strict: every weight of the plain transformer is written
+    return merged
+
+
+def copied_layers(state: dict[str, torch.Tensor], timestep_layers: list[str]) -> dict[str, torch.Tensor]:
+    """The copied timestep layers of a ``detail.safetensors`` state, keyed by their paths in the transformer."""
+    out, used = {}, set()
+    for name in timestep_layers:
+        key = name.replace(".", "__")
+        for k, v in state.items():
+            if k == f"copies.{key}":
+                out[name] = v
+            elif k.startswith(f"copy_modules.{key}."):
+                out[f"{name}.{k[len(f'copy_modules.{key}.'):]}"] = v
+            else:
+                continue
+            used.add(k)
+    unknown = [k for k in state if not k.startswith("lora.") and k not in used]
+    if unknown:
+        raise ExportError(f"detail.safetensors holds entries of no listed timestep layer: {unknown[:5]}")
+    return out
+
+
+def _require(path: Path, what: str, stage: str) -> None:
+    if not path.exists():
+        raise ExportError(f"{what} is missing: expected {path} (run `dvc repro {stage}` first)")
+
+
+def _detail_kind(params: Params, artifacts: Path) -> str:
+    """What the detail stage wrote ("pe", "full" or "none"), checked against params and on disk."""
+    info = artifacts / "detail" / EXPERT_INFO
+    _require(info, "the detail expert", "detail")
+    kind = json.loads(info.read_text())["kind"]
+    a = params.ablation
+    expected = "none" if not a.od else "pe" if a.pe else "full"
+    if kind != expected:
+        raise ExportError(f"{info} holds a {kind!r} detail expert but params (ablation.od={a.od}, ablation.pe={a.pe}) "
+                          f"call for {expected!r}: the detail stage is stale, rerun `dvc repro detail`")
+    needed = {"pe": ("detail.safetensors", "detail.json"), "full": ("model/config.json",), "none": ()}[kind]
+    for name in needed:
+        _require(artifacts / "detail" / name, f"the {kind} detail expert's {name}", "detail")
+    return kind
+
+
+def _check_backbone(params: Params, fmt: str) -> None:
+    kind = params.model.backbone
+    if kind == "tiny":
+        raise ExportError("model.backbone = 'tiny' cannot be exported to stock diffusers: the tiny teacher works in "
+                          "pixel space without a VAE, and WanPipeline needs an AutoencoderKLWan and a diffusers "
+                          "text encoder; export a real backbone (model.backbone = wan, cogvideox or hunyuanvideo)")
+    if fmt == "pipeline" and kind != "wan":
+        raise ExportError(f"model.backbone = {kind!r}: only Wan has a stock pipeline with two transformers "
+                          f"(WanPipeline's transformer_2 and boundary_ratio); {PIPELINES[kind]} holds one, so export "
+                          "the detail expert as a LoRA instead (`dcm export --format lora`, export_detail_lora)")
+
+
+@contextlib.contextmanager
+def _atomic_dir(out_dir: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out_dir`` that replaces it only when the block succeeds, so an
+    interrupted export never leaves a half-written directory where a loader would find it."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        yield tmp
+        if out_dir.exists():
+            old = tmp.with_name(f"{tmp.name}.old")
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _experts(sigmas: list[float], uses_detail, two: bool) -> list[str]:
+    return [("detail" if uses_detail(s) else "semantic") if two else "vanilla" for s in sigmas[:-1]]
+
+
+def export_wan_pipeline(params: Params, teacher_dir: Path, artifacts: Path = Path("artifacts"),
+                        out_dir: Path = Path("artifacts/export/wan"), steps: int = 4) -> Path:
+    """Write the DCM student of a Wan backbone as a ``diffusers.WanPipeline`` directory (see the module
+    docstring for what it runs); everything is checked before any weights are loaded."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    _check_backbone(params, "pipeline")
+    if steps < 1:
+        raise ExportError(f"steps = {steps}: the pipeline needs at least one step")
+    _require(teacher_dir / META, "the teacher directory's backbone.json", "teacher")
+    link = json.loads((teacher_dir / META).read_text())
+    if link["kind"] != "wan":
+        raise ExportError(f"{teacher_dir / META} points at a {link['kind']!r} backbone, params say 'wan'")
+    WanBackbone.check(link["path"])
+    _require(artifacts / "semantic" / "model" / "config.json", "the semantic expert", "semantic")
+    kind = _detail_kind(params, artifacts)
+
+    backbone = load_backbone(teacher_dir)
+    semantic = load_full_student(artifacts / "semantic", backbone)
+    detail = (merge_detail_expert(semantic, artifacts / "detail") if kind == "pe"
+              else load_full_student(artifacts / "detail", backbone) if kind == "full" else None)
+    n, b, shift = params.flow.steps, params.boundary, params.flow.shift
+    grid = flow.sigma_grid(n, shift)
+    boundary_sigma = float(grid[b])
+    ratio = boundary_sigma + BOUNDARY_EPSILON if detail is not None else None
+    stock = stock_sigmas(steps, shift)
+    try:
+        dcm, why = [float(grid[i]) for i in schedule("dcm", steps, n, b)], None
+    except SamplingError as err:
+        dcm, why = None, str(err)
+    info = {
+        "format": "WanPipeline", "steps": steps, "boundary": b, "flow_steps": n, "shift": shift,
+        "boundary_sigma": boundary_sigma, "boundary_ratio": ratio, "boundary_epsilon": BOUNDARY_EPSILON,
+        "detail_kind": kind, "max_sequence_length": backbone.max_sequence_length,
+        "stock_sigmas": stock,
+        "stock_experts": _experts(stock, lambda s: s < ratio, detail is not None),
+        "dcm_sigmas": dcm, "dcm_schedule_note": why,
+        "dcm_experts": None if dcm is None else _experts(dcm, lambda s: s <= boundary_sigma, detail is not None),
+        "params": params.model_dump(mode="json"),
+    }
+    pipe = WanPipeline(tokenizer=backbone.tokenizer, text_encoder=backbone.text_encoder, vae=backbone.vae,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), transformer=semantic,
+                       transformer_2=detail, boundary_ratio=ratio)
+    with _atomic_dir(out_dir) as tmp:
+        pipe.save_pretrained(tmp)
+        write_json(tmp / "dcm_export.json", info)
+        atomic_write_text(tmp / "README.md", _pipeline_readme(out_dir, params, info))
+    return out_dir
+
+
+def _sigma_row(sigmas: list[float], experts: list[str]) -> str:
+    return " ".join(f"{s:.4f} ({e[0].upper()})" for s, e in zip(sigmas, experts, strict=False)) + " -> 0"
+
+
+def _pipeline_readme(out_dir: Path, params: Params, info: dict) -> str:
+    m, k = params.model, info["steps"]
+    dcm_row = (_sigma_row(info["dcm_sigmas"], info["dcm_experts"]) if info["dcm_sigmas"]
+               else f"n/a: {info['dcm_schedule_note']}")
+    seq = "" if info["max_sequence_length"] == 512 else f", max_sequence_length={info['max_sequence_length']}"
+    experts = ("`transformer` is the semantic expert, `transformer_2` the detail expert "
+               f"({'LoRA merged, copied layers in' if info['detail_kind'] == 'pe' else 'full model'}); "
+               f"`boundary_ratio` = {info['boundary_ratio']:.7f} = the boundary sigma {info['boundary_sigma']:.7f} "
+               f"(grid index {info['boundary']} of {info['flow_steps']}) + {BOUNDARY_EPSILON:g}, so a step from "
+               "exactly the boundary runs the detail expert, as in dcm."
+               if info["boundary_ratio"] is not None else
+               "One transformer (ablation.od = false: one vanilla student for every step), no boundary.")
+    return f"""# DCM student as a stock diffusers `WanPipeline`
+
+```python
+import torch
+from diffusers import WanPipeline
+pipe = WanPipeline.from_pretrained("{out_dir}", torch_dtype=torch.bfloat16).to("cuda")
+video = pipe("a cat surfing a wave", num_inference_steps={k}, guidance_scale=1.0, num_frames={m.frames},
+             height={m.height}, width={m.width}{seq}).frames[0]
+```
+
+{experts} Keep `guidance_scale=1.0`: the students learned the CFG-guided teacher, so any higher
+scale guides twice (and doubles the cost).
+
+## Schedule: what the pipeline runs vs. what dcm samples with
+
+WanPipeline only calls `scheduler.set_timesteps(num_inference_steps)`, so it runs the stock
+`FlowMatchEulerDiscreteScheduler(shift={info['shift']})` sigmas, not dcm's DCM schedule ({k // 2} grid points
+in [{info['flow_steps']}, {info['boundary']}] and {k // 2} in [{info['boundary']}, 0]) that the experts were
+trained and evaluated on. Sigmas of the {k} steps (S semantic, D detail, V vanilla expert):
+
+| schedule | sigmas |
+|---|---|
+| dcm (`dcm sample`) | {dcm_row} |
+| stock (this pipeline) | {_sigma_row(info['stock_sigmas'], info['stock_experts'])} |
+
+Expect the pipeline's videos to differ from dcm's at the same step count: the experts run at
+noise levels they were not distilled for. dcm's own sampler on the stock schedule reproduces this
+pipeline exactly:
+`sample.schedule: stock` in dcm's params (`dvc exp run -S sample.schedule=stock`), which runs dcm's
+sampler on `dcm.students.stock_sigmas({k}, {info['shift']})`.
+`dcm_export.json` lists both schedules and the source params.
+"""
+
+
+def export_detail_lora(params: Params, artifacts: Path = Path("artifacts"),
+                       out_dir: Path = Path("artifacts/export/detail_lora")) -> Path:
+    """Write the PE detail expert as ``pytorch_lora_weights.safetensors`` (loadable by the backbone
+    pipeline's ``load_lora_weights``) plus ``copied_layers.safetensors``, both on top of the semantic
+    expert; no model is loaded."""
+    import diffusers
+
+    _check_backbone(params, "lora")
+    _require(artifacts / "semantic" / "model" / "config.json", "the semantic expert (the LoRA's base)", "semantic")
+    kind = _detail_kind(params, artifacts)
+    if kind != "pe":
+        raise ExportError(f"the detail expert in {artifacts / 'detail'} is {kind!r}, not parameter-efficient (pe): "
+                          "there is no LoRA to export" + ("; use `dcm export --format pipeline`" if kind == "full"
+                                                          and params.model.backbone == "wan" else ""))
+    config = json.loads((artifacts / "detail" / "detail.json").read_text())
+    state = load_file(str(artifacts / "detail" / "detail.safetensors"))
+    lora = {k[len("lora."):]: v for k, v in state.items() if k.startswith("lora.")}
+    copied = copied_layers(state, config["timestep_layers"])
+    metadata = {"r": config["r"], "lora_alpha": config["lora_alpha"], "target_modules": config["target_modules"]}
+    pipeline = PIPELINES[params.model.backbone]
+    info = {"format": f"{pipeline} LoRA", "backbone": params.model.backbone, "lora": metadata,
+            "copied_layers": config["timestep_layers"], "boundary": params.boundary, "flow_steps": params.flow.steps,
+            "boundary_sigma": None if params.model.backbone == "cogvideox"
+            else float(flow.sigma_grid(params.flow.steps, params.flow.shift)[params.boundary]),
+            "params": params.model_dump(mode="json")}
+    with _atomic_dir(out_dir) as tmp:
+        getattr(diffusers, pipeline).save_lora_weights(tmp, transformer_lora_layers=lora, weight_name=LORA_FILE,
+                                                       transformer_lora_adapter_metadata=metadata)
+        save_file(copied, str(tmp / COPIED_FILE))
+        write_json(tmp / "dcm_export.json", info)
+        atomic_write_text(tmp / "README.md", _lora_readme(out_dir, artifacts, params, info))
+    return out_dir
+
+
+def _lora_readme(out_dir: Path, artifacts: Path, params: Params, info: dict) -> str:
+    pipeline, b, n = PIPELINES[params.model.backbone], params.boundary, params.flow.steps
+    model = TRANSFORMERS[params.model.backbone]
+    where = (f"at and below flow sigma {info['boundary_sigma']:.7f} (timestep {1000 * info['boundary_sigma']:.3f})"
+             if info["boundary_sigma"] is not None else
+             f"from the DDPM timestep of grid index {b} of the scheduler's own {n}-step timesteps "
+             f"(`dcm.models.load_backbone(teacher).sigma_grid({n}, shift)[{b}]`) down to 0")
+    return f"""# DCM detail expert as a diffusers LoRA ({pipeline})
+
+The detail expert = the **semantic expert** (`{artifacts / "semantic" / "model"}`, not the original teacher)
++ this LoRA (r={info['lora']['r']}, alpha={info['lora']['lora_alpha']}, on {', '.join(info['lora']['target_modules'])})
++ the copied timestep layers ({', '.join(info['copied_layers'])}) in `{COPIED_FILE}`, keyed by their
+paths in the transformer. It is trained for the low-noise steps: {where}.
+
+```python
+from diffusers import {pipeline}, {model}
+from safetensors.torch import load_file
+semantic = {model}.from_pretrained("{artifacts / "semantic" / "model"}")
+pipe = {pipeline}.from_pretrained("{params.model.path}", transformer=semantic)
+pipe.load_lora_weights("{out_dir}", adapter_name="detail")
+assert not pipe.transformer.load_state_dict(load_file("{out_dir}/{COPIED_FILE}"), strict=False).unexpected_keys
+```
+
+After this the transformer *is* the detail expert for every step (loading the copied layers overwrites
+the semantic expert's). Stock pipelines do not switch experts by timestep:
+
+* Wan: prefer `dcm export --format pipeline` (WanPipeline's `transformer_2` + `boundary_ratio` switch).
+* CogVideoX and HunyuanVideo: `CogVideoXPipeline` and `HunyuanVideoPipeline` hold one transformer.
+  Either sample with the semantic expert alone (skip both loads; the low-noise steps then lack the
+  detail expert), or switch yourself (untested sketch): keep a clone of the semantic expert's
+  values of the copied keys, start with `pipe.disable_lora()` and, when the next step starts at or
+  below the boundary, load `{COPIED_FILE}` and call `pipe.enable_lora()` (e.g. in `callback_on_step_end`).
+  HunyuanVideo's experts were trained with the embedded guidance
+  `model.embedded_guidance_scale` = {params.model.embedded_guidance_scale}: pass it as the pipeline's `guidance_scale`.
+"""

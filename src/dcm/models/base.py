@@ -1,0 +1,147 @@
+"""The backbone interface: everything dcm needs to know about a text-to-video model.
+
+Every stage talks to a model only through :class:`Backbone`, so the tiny teacher and the real
+checkpoints (Wan2.1, CogVideoX, HunyuanVideo) share one code path. Conventions:
+
+* latents are ``(B, C, T, H, W)`` and live in *flow coordinates*:
+  ``x_sigma = (1 - sigma) * x0 + sigma * eps``. A model trained otherwise (CogVideoX's
+  v-prediction on a DDPM schedule) is wrapped so that :meth:`Backbone.velocity` still returns
+  the flow velocity ``eps - x0`` and an Euler step on :meth:`Backbone.sigma_grid` is exactly
+  the model's own DDIM step;
+* text conditioning is one tensor ``(B, L, D)`` per prompt batch, padded as the model's own
+  pipeline pads it, so it can be stored with trajectories, batched for CFG and indexed. An adapter whose model
+  needs more than token embeddings packs it into that tensor and documents the layout;
+* :meth:`Backbone.guided_velocity` is the teacher's guidance: classifier-free guidance (two
+  branches in one batched call) or, for guidance-distilled models, an embedded guidance scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from dcm import flow
+from dcm.sampling import VelocityFn, guided
+
+
+class BackboneError(FileNotFoundError):
+    """A model directory that is missing or incomplete."""
+
+
+def check_model_dir(path: str | Path, required: Sequence[str], kind: str, hint: str) -> Path:
+    """Fail before loading anything when ``path`` lacks one of the ``required`` subfolders or files."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BackboneError(f"model.path {path} ({kind}) does not exist or is not a directory; {hint}")
+    missing = [name for name in required if not (path / name).exists()]
+    if missing:
+        raise BackboneError(
+            f"model.path {path} is not a complete {kind} diffusers directory: missing "
+            f"{', '.join(str(path / m) for m in missing)}; expected {', '.join(required)}. {hint}"
+        )
+    return path
+
+
+class Backbone:
+    """Base class of the adapters. Subclasses set the class attributes and the model-specific methods."""
+
+    kind: ClassVar[str]
+    #: what a local diffusers directory of this model must hold, and where to get one
+    subfolders: ClassVar[tuple[str, ...]] = ()
+    source_hint: ClassVar[str] = ""
+    #: module paths (or parameter names) inside the transformer that depend on the timestep;
+    #: the parameter-efficient detail expert trains copies of these
+    timestep_layers: ClassVar[tuple[str, ...]]
+    #: attention projections that get the detail expert's LoRA by default
+    lora_targets: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
+    #: name of the transformer's list of blocks that the discriminator taps
+    block_lists: ClassVar[tuple[str, ...]] = ("blocks",)
+    #: "cfg" (two branches) or "embedded" (a guidance-distilled model takes the scale as input)
+    guidance: ClassVar[str] = "cfg"
+
+    transformer: nn.Module
+
+    @classmethod
+    def check(cls, path: str | Path) -> Path:
+        """Fail fast, before loading any weights, when ``path`` is not a complete model directory."""
+        return check_model_dir(path, cls.subfolders, cls.kind, cls.source_hint)
+
+    # ---- text and video -------------------------------------------------------------------
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_video(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels ``(B, 3, F, H, W)`` in [-1, 1] to scaled latents."""
+        raise NotImplementedError
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents to pixels ``(B, 3, F, H, W)`` in [-1, 1]."""
+        raise NotImplementedError
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """``(C, T, H, W)`` of one video's latents."""
+        raise NotImplementedError
+
+    # ---- the denoiser -----------------------------------------------------------------------
+    def sigma_grid(self, steps: int, shift: float) -> torch.Tensor:
+        """The ``steps + 1`` sigmas of the teacher's grid, index 0 (clean) to ``steps`` (noise)."""
+        return flow.sigma_grid(steps, shift)
+
+    def initial_latents(self, noise: torch.Tensor, sigma_max: float) -> torch.Tensor:
+        """Latents at the noise end of the grid from unit Gaussian noise (sigma 1 for flow models)."""
+        return noise
+
+    def velocity(self, transformer: nn.Module, latents: torch.Tensor, sigma: torch.Tensor,
+                 text: torch.Tensor) -> torch.Tensor:
+        """Call ``transformer`` (the teacher or a student) as a flow-matching velocity model."""
+        raise NotImplementedError
+
+    def guided_velocity(self, transformer: nn.Module, cond: torch.Tensor, uncond: torch.Tensor | None,
+                        guidance_scale: float) -> VelocityFn:
+        """The guided teacher velocity ``fn(x, sigma)``; ``guidance_scale`` 1 is the plain model."""
+        return guided(lambda x, s, c: self.velocity(transformer, x, s, c), cond, uncond, guidance_scale)
+
+    # ---- what the detail expert and the discriminator need ------------------------------------
+    def feature_blocks(self, transformer: nn.Module | None = None) -> list[nn.Module]:
+        """The transformer blocks whose outputs the discriminator reads, in order."""
+        transformer = transformer or self.transformer
+        return [block for name in self.block_lists for block in getattr(transformer, name)]
+
+    def feature_dim(self) -> int:
+        cfg = self.transformer.config
+        return cfg.num_attention_heads * cfg.attention_head_dim
+
+    def token_grid(self, latent_shape: Sequence[int]) -> tuple[int, int, int]:
+        """(frames, height, width) of the token grid for latents ``(B, C, T, H, W)``."""
+        _, _, t, h, w = latent_shape
+        pt, ph, pw = self.patch_size()
+        return t // pt, h // ph, w // pw
+
+    def patch_size(self) -> tuple[int, int, int]:
+        return tuple(self.transformer.config.patch_size)
+
+    # ---- persistence --------------------------------------------------------------------------
+    def load_transformer(self, path: str | Path) -> nn.Module:
+        """A transformer of this backbone's class from a ``save_pretrained`` directory (a student)."""
+        return type(self.transformer).from_pretrained(path)
+
+    def save_pretrained(self, path: str | Path, transformer: nn.Module | None = None) -> None:
+        """Write every part in the diffusers layout (``transformer`` replaces the teacher's, e.g. a student)."""
+        path = Path(path)
+        for name in self.subfolders:
+            part = transformer if name == "transformer" and transformer is not None else getattr(self, name)
+            part.save_pretrained(path / name)
+
+    def enable_gradient_checkpointing(self, transformer: nn.Module) -> None:
+        if getattr(transformer, "_supports_gradient_checkpointing", False):
+            transformer.enable_gradient_checkpointing()
+
+
+def token_features(output) -> torch.Tensor:
+    """The video tokens of a block's output (dual-stream blocks return ``(video, text)``)."""
+    return output[0] if isinstance(output, tuple) else output
+

@@ -1,0 +1,65 @@
+"""Where prompts come from: the toy grammar, a text file, or VBench's own prompt suite.
+
+A prompt source is a path to a text file (one prompt per line), ``vbench`` (every prompt of the
+suite shipped in the ``vbench`` package, ``VBench_full_info.json``) or ``vbench:<dimension>``
+(the prompts VBench uses for one dimension, e.g. ``vbench:temporal_flickering``).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+from dcm.config import Params
+
+VBENCH = "vbench"
+
+
+class PromptError(ValueError):
+    """A prompt source that does not exist or holds no prompts."""
+
+
+def vbench_suite() -> list[dict]:
+    """VBench's prompt list: ``{"prompt_en": ..., "dimension": [...]}`` entries."""
+    return json.loads(resources.files("vbench").joinpath("VBench_full_info.json").read_text())
+
+
+def read_prompts(source: str) -> list[str]:
+    """The prompts of ``source`` (see the module docstring), in order."""
+    if source == VBENCH or source.startswith(f"{VBENCH}:"):
+        suite = vbench_suite()
+        dimension = source.partition(":")[2]
+        if dimension:
+            known = sorted({d for entry in suite for d in entry["dimension"]})
+            if dimension not in known:
+                raise PromptError(f"prompt source {source!r}: VBench has no dimension {dimension!r}; "
+                                  f"known: {', '.join(known)}")
+            suite = [e for e in suite if dimension in e["dimension"]]
+        return [e["prompt_en"] for e in suite]
+    path = Path(source)
+    if not path.is_file():
+        raise PromptError(f"prompt file {path} does not exist (give a text file with one prompt per line, "
+                          f"'{VBENCH}' or '{VBENCH}:<dimension>')")
+    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise PromptError(f"prompt file {path} holds no prompts")
+    return prompts
+
+
+def heldout_prompts(source: str | None, videos: int, seed: int) -> tuple[list[str], list[int]]:
+    """``videos`` prompts (``source`` cycled, or the toy grammar shuffled) with seeds never trained on."""
+    from dcm.teacher import HELDOUT_SEED_BASE, heldout_set
+
+    if source:
+        prompts = read_prompts(source)
+        return ([prompts[i % len(prompts)] for i in range(videos)],
+                [HELDOUT_SEED_BASE + seed * 100_000 + i for i in range(videos)])
+    items = heldout_set(videos, seed=seed)
+    return [p.text for p, _ in items], [s for _, s in items]
+
+
+def sample_prompts(params: Params) -> tuple[list[str], list[int]]:
+    """Prompts and seeds of the sample stage."""
+    s = params.sample
+    return heldout_prompts(s.prompt_file, s.videos, s.seed)
