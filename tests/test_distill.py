@@ -19,6 +19,7 @@ from dcm.pipeline import run_distill, run_trajectories
 
 from conftest import with_overrides
 
+ROOT = Path(__file__).resolve().parents[1]
 ART = Path("artifacts")
 
 
@@ -116,15 +117,21 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(workspace, mic
     assert all(torch.isfinite(v).all() for v in ckpt["student"].values())
 
 
-def test_two_cpu_processes_through_accelerate_launch(workspace, micro_distill):
-    params = with_overrides(micro_distill, {"trajectories": {"videos": 4, "shard_size": 1}})
+def test_two_cpu_processes_through_the_launch_params(workspace, micro_distill):
+    """`launch.num_processes: 2` makes the stage scripts re-launch themselves in two processes."""
+    params = with_overrides(micro_distill, {"trajectories": {"videos": 4, "shard_size": 1},
+                                            "launch": {"num_processes": 2,
+                                                       "config_file": str(ROOT / "configs/accelerate/cpu_2proc.yaml")}})
     _write_params(params)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "dcm.cli"]
-    for stage in ("trajectories", "semantic"):
-        result = subprocess.run([*launch, stage], env=env, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT / "src")}
+    logs = {}
+    for stage in ("trajectories", "distill"):
+        script = [sys.executable, str(ROOT / "stages" / f"{stage}.py"), *(["semantic"] if stage == "distill" else [])]
+        result = subprocess.run(script, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
+        logs[stage] = result.stderr
+    assert "process 0 of 2 writes shards [0, 2]" in logs["trajectories"]
+    assert "process 1 of 2 writes shards [1, 3]" in logs["trajectories"]
     manifest = json.loads((ART / "trajectories" / "manifest.json").read_text())
     assert len(manifest["shards"]) == 4
     assert (ART / "semantic" / "model" / "config.json").exists()

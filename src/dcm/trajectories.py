@@ -130,6 +130,8 @@ def generate(params: Params, backbone: Backbone, out_dir: Path, accelerator: Acc
     empty = backbone.encode_prompts([""]).to(accelerator.device)
     mine = [i for i in range(len(shards)) if i % accelerator.num_processes == accelerator.process_index]
     todo = [i for i in mine if not _shard_is_done(out_dir, i, spec, shards[i])]
+    log.info("trajectories: process %d of %d writes shards %s", accelerator.process_index,
+             accelerator.num_processes, mine)
     if len(todo) < len(mine):
         log.info("trajectories: %d of %d shards of this process already done, skipping them", len(mine) - len(todo), len(mine))
     bar = tqdm(total=sum(len(shards[i]) for i in todo), desc=f"trajectories[{accelerator.process_index}]",
