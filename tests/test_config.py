@@ -61,3 +61,15 @@ def test_flat_params_use_dotted_keys():
     assert flat["teacher.lr"] == Params().teacher.lr
     assert flat["boundary"] == 35
     assert flat["model.tiny.num_layers"] == Params().model.tiny.num_layers
+
+
+def test_no_default_text_value_changes_type_when_dvc_writes_it_unquoted():
+    """`dvc exp run -S` rewrites params.yaml without quotes; a value such as `no` would read back
+    as a boolean (YAML 1.1), so no allowed default may be such a word."""
+    import yaml
+
+    from dcm.config import Params
+
+    for key, value in Params().flat().items():
+        if isinstance(value, str):
+            assert yaml.safe_load(f"k: {value}")["k"] == value, key

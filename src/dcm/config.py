@@ -177,8 +177,8 @@ class DistillParams(_Section):
     log_every: int = Field(5, ge=1)
     bucket_every: int = Field(50, ge=1, description="steps between per-noise-level loss/grad probes (vanilla model)")
     buckets: int = Field(10, ge=2, description="noise-level buckets of the probe (paper Fig. 2)")
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
-        "no", description="autocast with fp32 master weights (release: bf16); needs a GPU for bf16/fp16")
+    mixed_precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast with fp32 master weights (release: bf16); needs a GPU for bf16/fp16")
     gradient_checkpointing: bool = Field(False, description="recompute block activations in backward (release: on)")
     seed: int = 0
 
@@ -236,7 +236,9 @@ class SampleParams(_Section):
         "grid", description="students' steps: grid points (dcm's schedules) or the evenly spaced shifted sigmas "
         "of diffusers' FlowMatchEulerDiscreteScheduler, which an exported pipeline runs")
     latency_batch: int = Field(4, ge=1, description="videos per timed batch")
-    latency_repeats: int = Field(3, ge=1, description="timed batches after one warm-up; the median is reported")
+    latency_repeats: int = Field(3, ge=1, description="fewest timed batches after one warm-up; the median is reported")
+    latency_min_seconds: float = Field(5.0, ge=0.0, description="keep timing batches until this much time is "
+                                       "measured, so fast students get many repeats")
 
     @field_validator("steps")
     @classmethod

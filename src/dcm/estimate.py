@@ -190,7 +190,7 @@ def estimate(params: Params, processes: int | None = None, sharding: Sharding | 
     sharding = sharding or _config_sharding(params.launch.config_file)
     shard = n if sharding == "fsdp" else 1
     d = params.distill
-    half = d.mixed_precision != "no"
+    half = d.mixed_precision != "fp32"
     act_bytes = 2 if half else 4
     flops = f.forward_flops()
     per_sec = tflops * 1e12
@@ -281,7 +281,7 @@ def estimate(params: Params, processes: int | None = None, sharding: Sharding | 
         "the frozen teacher is held in fp32 and replicated on every GPU (the trainer loads it so and never "
         "shards it), in every stage",
         f"activations: {ACT_VALUES} values per video token per width per block (Korthikanti et al. 2022, flash "
-        "attention so no tokens^2 term), 2 B under bf16/fp16 and 4 B under distill.mixed_precision = 'no'; with "
+        "attention so no tokens^2 term), 2 B under bf16/fp16 and 4 B under distill.mixed_precision = 'fp32'; with "
         "gradient checkpointing only each block's input (1 value) is kept plus one block recomputed at a time",
         "trajectories and sampling run without grad: one block's activations live at a time, in fp32",
         "sample rows: weights resident for one DCM generator (semantic expert + PE extras, or + a second "

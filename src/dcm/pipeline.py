@@ -233,14 +233,14 @@ def run_sample(params: Params, teacher_dir: Path = TEACHER_DIR / "model", artifa
             write_manifest(target, records)  # last: a folder with a manifest is complete
             batch_p, batch_s = prompts[:s.latency_batch], seeds[:s.latency_batch]
             sample(gen, backbone, batch_p, batch_s, shape, s.latency_batch)  # warm-up
-            times = []
-            for _ in range(s.latency_repeats):
+            times = []  # at least latency_repeats batches and latency_min_seconds of timing
+            while len(times) < s.latency_repeats or sum(times) < s.latency_min_seconds:
                 tick = time.perf_counter()
                 sample(gen, backbone, batch_p, batch_s, shape, s.latency_batch)
                 times.append(time.perf_counter() - tick)
             per_video = statistics.median(times) / len(batch_p)
             latency[key] = {"latency_s": per_video, "per_step_s": per_video / steps, "steps": steps,
-                            "batch": len(batch_p), "repeats": s.latency_repeats}
+                            "batch": len(batch_p), "repeats": len(times)}
             log_metrics({f"{key}/latency_s": per_video})
             log.info("sample: %s %.4f s per video", key, per_video)
         write_json(out_dir / "latency.json", latency)

@@ -160,7 +160,7 @@ def distill(params: Params, stage: str, out_dir: Path, teacher_dir: Path, trajec
         atomic_write_text(out_dir / EXPERT_INFO, json.dumps(info, indent=2) + "\n")
         return info
     d = params.distill
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=d.mixed_precision)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision={"fp32": "no"}.get(d.mixed_precision, d.mixed_precision))
     teacher = load_backbone(teacher_dir)
     teacher.transformer.requires_grad_(False).eval().to(accelerator.device)
     shape = latent_shape(params, teacher)
