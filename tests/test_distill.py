@@ -93,6 +93,8 @@ def test_kill_9_then_rerun_ends_with_the_same_weights(workspace, micro_distill):
 
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     resumed = _weights("semantic")
+    # the training clock is carried through the checkpoint: the figure covers the whole run
+    assert json.loads((ART / "semantic" / "expert.json").read_text())["seconds_per_step"] > 0
     for name, value in straight.items():
         torch.testing.assert_close(resumed[name], value, msg=name)
 

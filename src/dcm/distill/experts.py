@@ -59,6 +59,7 @@ class ParameterEfficientExpert(nn.Module):
             else:
                 self.copy_modules[key] = copy.deepcopy(original).requires_grad_(True)
         _set_lora(base, False)
+        self._merged: list[nn.Parameter] | None = None  # see fused()
 
     def _get(self, name: str):
         parent, child = _split(name)
@@ -88,27 +89,33 @@ class ParameterEfficientExpert(nn.Module):
 
     @contextlib.contextmanager
     def fused(self) -> Iterator[nn.Module]:
-        """Like :meth:`active`, with the LoRA merged into the base weights for the block, so a
-        detail step costs exactly what a semantic step costs (for sampling, not training).
-        Leaving the block unmerges; the base comes back up to float rounding (diffusers'
-        ``fuse_lora`` / ``unfuse_lora`` work the same way)."""
+        """Like :meth:`active`, with the LoRA already in the weights, so a detail step costs exactly
+        what a semantic step costs (for sampling, not training). The merged weights of the LoRA
+        layers are computed once and swapped in and out, so switching costs no arithmetic and the
+        base comes back bit for bit."""
         originals = {name: self._get(name) for name in self.timestep_layers}
         for name in self.timestep_layers:
             self._set(name, self._copy_of(name))
-        layers = [m for m in self.base.modules() if isinstance(m, BaseTunerLayer)]
-        _set_lora(self.base, True)  # a disabled PEFT layer would unmerge itself on its next call
-        with torch.no_grad():
-            for layer in layers:
-                layer.merge(adapter_names=[ADAPTER])
-        try:
-            yield self.base
-        finally:
+        layers = [m.get_base_layer() for m in self.base.modules() if isinstance(m, BaseTunerLayer)]
+        if self._merged is None:
             with torch.no_grad():
-                for layer in layers:
-                    layer.unmerge()
-            _set_lora(self.base, False)
+                self._merged = [nn.Parameter(m.get_base_layer().weight + m.get_delta_weight(ADAPTER),
+                                             requires_grad=False)
+                                for m in self.base.modules() if isinstance(m, BaseTunerLayer)]
+        base_weights = [layer.weight for layer in layers]
+        for layer, merged in zip(layers, self._merged, strict=True):
+            layer.weight = merged
+        try:
+            yield self.base  # LoRA stays switched off: it is in the weights
+        finally:
+            for layer, weight in zip(layers, base_weights, strict=True):
+                layer.weight = weight
             for name, original in originals.items():
                 self._set(name, original)
+
+    def train(self, mode: bool = True) -> ParameterEfficientExpert:
+        self._merged = None  # training changes the LoRA: merge again at the next fused()
+        return super().train(mode)
 
     def forward(self, *args, **kwargs):
         with self.active() as model:
@@ -133,6 +140,7 @@ class ParameterEfficientExpert(nn.Module):
         return {k: v.detach().contiguous() for k, v in state.items()}
 
     def load_detail_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self._merged = None
         lora = {k[len("lora."):]: v for k, v in state.items() if k.startswith("lora.")}
         set_peft_model_state_dict(self.base, lora, adapter_name=ADAPTER)
         self.copies.load_state_dict({k[len("copies."):]: v for k, v in state.items() if k.startswith("copies.")})

@@ -221,7 +221,8 @@ def distill(params: Params, stage: str, out_dir: Path, teacher_dir: Path, trajec
         if sharded:
             atomic_torch_save(optimizer.state_dict(), rank_optimizer)
         if accelerator.is_main_process:
-            state = {"fingerprint": fp, "step": step, "student": _student_state(raw, full),
+            state = {"fingerprint": fp, "step": step, "seconds": train_seconds(),
+                     "student": _student_state(raw, full),
                      "optimizer": None if sharded else optimizer.state_dict()}
             if ema is not None:
                 state["ema"] = _student_state(ema)
@@ -235,7 +236,16 @@ def distill(params: Params, stage: str, out_dir: Path, teacher_dir: Path, trajec
     buckets = _BucketProbe(params, data, points, ends, sigmas, out_dir) if plan.role in ("vanilla", "lcm") else None
     detail_sigmas = sigmas[1:params.boundary + 1]
     bar = tqdm(total=plan.steps, initial=step, desc=stage, disable=not accelerator.is_main_process)
-    first_step, started, probe_seconds = step, time.perf_counter(), 0.0
+    # training time (probes excluded) carried through checkpoints, so a resumed run reports the whole run
+    # (None: resumed from a checkpoint written before dcm kept this figure)
+    seconds_before = 0.0 if ckpt is None else ckpt.get("seconds")
+    started, probe_seconds = time.perf_counter(), 0.0
+
+    def train_seconds() -> float | None:
+        if seconds_before is None:
+            return None
+        return seconds_before + time.perf_counter() - started - probe_seconds
+
     while step < plan.steps:
         gen = _generator(params, plan.role, step, accelerator.process_index)
         batch = _Batch(data, points, ends, d.batch_size, gen, accelerator.device)
@@ -299,13 +309,12 @@ def distill(params: Params, stage: str, out_dir: Path, teacher_dir: Path, trajec
         if step % d.checkpoint_every == 0 or step == plan.steps:
             save()
     bar.close()
-    seconds = time.perf_counter() - started - probe_seconds  # training steps only
 
     summary = {"stage": stage, "role": plan.role, "kind": "pe" if plan.pe else "full", "steps": plan.steps,
                "phases": [[p.start, p.end] for p in phases], "boundary": params.boundary,
                "tc": plan.tc, "gf": plan.gf, "trainable_parameters": count_parameters(trainable),
                "teacher_parameters": count_parameters(teacher.transformer.parameters()),
-               "seconds_per_step": seconds / max(1, plan.steps - first_step)}
+               "seconds_per_step": None if train_seconds() is None else train_seconds() / plan.steps}
     full = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         if plan.pe:
@@ -313,7 +322,7 @@ def distill(params: Params, stage: str, out_dir: Path, teacher_dir: Path, trajec
         else:
             raw.save_pretrained(out_dir / "model", state_dict=full)
         atomic_write_text(out_dir / EXPERT_INFO, json.dumps(summary, indent=2) + "\n")
-        log_metrics({k: summary[k] for k in ("trainable_parameters", "seconds_per_step")})
+        log_metrics({k: summary[k] for k in ("trainable_parameters", "seconds_per_step") if summary[k] is not None})
     accelerator.wait_for_everyone()
     return summary
 
