@@ -7,6 +7,18 @@ from dcm.config import Params, parse_params
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Toy-sized ops gain nothing from intra-op threads, which only spin against other work on the
+    machine; modules of tiny models use this with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def world():
     return Params().world.to_config()

@@ -33,13 +33,7 @@ CASES_BY_KIND = {"wan": "wan", "cogvideox": "cogvideox-2b", "hunyuanvideo": "hun
 SUBFOLDERS = {"wan": WAN_SUBFOLDERS, "cogvideox": COGVIDEOX_SUBFOLDERS, "hunyuanvideo": HUNYUAN_SUBFOLDERS}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Toy-sized ops gain nothing from intra-op threads, which only spin against other work on the machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -40,12 +40,7 @@ PIPELINE_ATOL = 1e-4
 EXPERT_ATOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _perturb(parameters, seed: int, scale: float) -> None:

@@ -2,9 +2,9 @@
 checkpoints saved with ``save_pretrained`` (no real weights needed)."""
 
 import json
+import shutil
 
 import pytest
-import torch
 
 from dcm.config import ParamsError, parse_params
 from dcm.io import read_manifest
@@ -14,13 +14,7 @@ from tiny_checkpoints import VIDEO_SHAPES, make_tiny_checkpoint
 
 from conftest import MICRO_DISTILL
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _params(kind: str, checkpoint, prompt_file) -> dict:
@@ -76,10 +70,7 @@ def test_a_real_backbone_needs_a_complete_local_directory(tmp_path):
     with pytest.raises(ParamsError, match="model.path"):
         parse_params({"model": {"backbone": "wan"}})
     checkpoint = make_tiny_checkpoint("wan", tmp_path / "wan")
-    for sub in ("vae",):
-        import shutil
-
-        shutil.rmtree(checkpoint / sub)
+    shutil.rmtree(checkpoint / "vae")
     params = parse_params({"model": {"backbone": "wan", "path": str(checkpoint)}})
     with pytest.raises(BackboneError, match=r"missing .*vae.*expected transformer, vae, text_encoder, tokenizer"):
         run_teacher(params, tmp_path / "teacher")

@@ -10,7 +10,8 @@ import torch
 from dcm import flow
 from dcm.models import load_backbone
 from dcm.pipeline import run_trajectories
-from dcm.sampling import euler_sample, guided, initial_noise
+from dcm.sampling import initial_noise
+from dcm.students import Generator, sample
 from dcm.trajectories import TrajectoryError, TrajectorySpec, load
 
 from conftest import with_overrides
@@ -34,12 +35,12 @@ def test_trajectories_are_the_guided_teacher_ode(workspace, micro_distill):
     first = manifest["shards"][0]
     # the noise end is the seed's initial noise; the clean end is what the CFG sampler produces
     backbone = load_backbone(TEACHER)
-    text = backbone.encode_prompts(first["prompts"])
     noise = initial_noise(first["seeds"], (3, 8, 32, 32))
     torch.testing.assert_close(data.latents[:2, -1].float(), noise, atol=2e-3, rtol=2e-3)
-    v = guided(lambda x, s, c: backbone.velocity(backbone.transformer, x, s, c), text,
-               backbone.encode_prompts([""]).expand(2, -1, -1), micro_distill.trajectories.guidance_scale)
-    clean = euler_sample(v, noise, flow.sigma_grid(micro_distill.flow.steps, micro_distill.flow.shift).flip(0))
+    grid = flow.sigma_grid(micro_distill.flow.steps, micro_distill.flow.shift).flip(0).tolist()
+    teacher = Generator("teacher", micro_distill.flow.steps, grid, micro_distill.trajectories.guidance_scale,
+                        backbone.transformer)
+    clean = sample(teacher, backbone, first["prompts"], first["seeds"], (3, 8, 32, 32))
     torch.testing.assert_close(data.latents[:2, 0].float(), clean, atol=5e-3, rtol=5e-3)
 
 

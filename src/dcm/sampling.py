@@ -1,13 +1,10 @@
-"""Euler sampling on the sigma grid, with classifier-free guidance."""
+"""Classifier-free guidance and per-seed initial noise, shared by every sampler."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
-
-from dcm import flow
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -25,18 +22,6 @@ def guided(velocity: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.
         return v_uncond + guidance_scale * (v_cond - v_uncond)
 
     return fn
-
-
-@torch.no_grad()
-def euler_sample(velocity: VelocityFn, noise: torch.Tensor, sigmas: Sequence[float] | torch.Tensor,
-                 progress: bool = False, desc: str = "sampling") -> torch.Tensor:
-    """Integrate from ``sigmas[0]`` (noise) down to ``sigmas[-1]`` with plain Euler steps."""
-    sigmas = torch.as_tensor(sigmas, dtype=torch.float32)
-    x = noise
-    for i in tqdm(range(len(sigmas) - 1), desc=desc, disable=not progress, leave=False):
-        v = velocity(x, sigmas[i])
-        x = flow.euler_step(x, v, sigmas[i], sigmas[i + 1])
-    return x
 
 
 def initial_noise(seeds: Sequence[int], shape: Sequence[int]) -> torch.Tensor:

@@ -24,7 +24,6 @@ from dcm import flow
 from dcm.config import Params, fingerprint
 from dcm.io import atomic_torch_save
 from dcm.models.tiny import TinyBackbone, build_tiny_backbone
-from dcm.sampling import euler_sample, guided, initial_noise
 from dcm.tracking import log_metrics
 from dcm.world.grammar import Prompt, all_prompts
 from dcm.world.metrics import evaluate_video
@@ -101,24 +100,17 @@ def training_batch(params: Params, table: PromptTable, step: int) -> tuple[torch
     return x0, text, noise, sigma
 
 
-@torch.no_grad()
-def sample_videos(backbone: TinyBackbone, transformer: torch.nn.Module, table: PromptTable,
-                  items: list[tuple[Prompt, int]], params: Params, steps: int, guidance_scale: float,
-                  batch_size: int = 16, progress: bool = False) -> list[np.ndarray]:
-    """Generate videos with the Euler sampler on the shifted grid, with CFG."""
+def sample_videos(backbone: TinyBackbone, transformer: torch.nn.Module, items: list[tuple[Prompt, int]],
+                  params: Params, steps: int, guidance_scale: float, batch_size: int = 16) -> list[np.ndarray]:
+    """The teacher's Euler sampler with CFG on a ``steps``-step grid, for the in-training checks."""
+    from dcm.students import Generator, sample
+
+    sigmas = flow.sigma_grid(steps, params.flow.shift).flip(0).tolist()
+    teacher = Generator("teacher", steps, sigmas, guidance_scale, transformer.eval())
     world = params.world
-    shape = (3, world.frames, world.size, world.size)
-    sigmas = flow.sigma_grid(steps, params.flow.shift).flip(0)
-    videos = []
-    transformer.eval()
-    for start in tqdm(range(0, len(items), batch_size), desc="sampling", disable=not progress):
-        chunk = items[start:start + batch_size]
-        cond = table.lookup([p.text for p, _ in chunk])
-        uncond = table.embeddings[[table.empty] * len(chunk)]
-        velocity = guided(lambda x, s, c: backbone.velocity(transformer, x, s, c), cond, uncond, guidance_scale)
-        x = euler_sample(velocity, initial_noise([s for _, s in chunk], shape), sigmas)
-        videos.extend(to_video(v) for v in backbone.decode_latents(x))
-    return videos
+    latents = sample(teacher, backbone, [p.text for p, _ in items], [s for _, s in items],
+                     (3, world.frames, world.size, world.size), batch_size)
+    return [to_video(v) for v in backbone.decode_latents(latents)]
 
 
 def accuracy(videos: list[np.ndarray], items: list[tuple[Prompt, int]], params: Params) -> dict[str, float]:
@@ -193,7 +185,7 @@ def train_teacher(params: Params, out_dir: Path) -> TinyBackbone:
         if state.step % t.checkpoint_every == 0 or state.step == t.steps:
             save()
         if accelerator.is_main_process and (state.step % t.eval_every == 0 or state.step == t.steps):
-            videos = sample_videos(backbone, ema, table, eval_items, params, t.eval_sample_steps, t.eval_guidance_scale)
+            videos = sample_videos(backbone, ema, eval_items, params, t.eval_sample_steps, t.eval_guidance_scale)
             acc = accuracy(videos, eval_items, params)
             log_metrics({**acc, "train_minutes": state.seconds / 60}, step=state.step)
             bar.write(f"step {state.step}: " + ", ".join(f"{k}={v:.2f}" for k, v in acc.items())

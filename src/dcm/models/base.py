@@ -17,6 +17,7 @@ checkpoints (Wan2.1, CogVideoX, HunyuanVideo) share one code path. Conventions:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -46,7 +47,7 @@ def check_model_dir(path: str | Path, required: Sequence[str], kind: str, hint: 
     return path
 
 
-class Backbone:
+class Backbone(ABC):
     """Base class of the adapters. Subclasses set the class attributes and the model-specific methods."""
 
     kind: ClassVar[str]
@@ -70,21 +71,27 @@ class Backbone:
         """Fail fast, before loading any weights, when ``path`` is not a complete model directory."""
         return check_model_dir(path, cls.subfolders, cls.kind, cls.source_hint)
 
-    # ---- text and video -------------------------------------------------------------------
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        raise NotImplementedError
+    @classmethod
+    @abstractmethod
+    def from_pretrained(cls, path: str | Path, **options) -> Backbone:
+        """Load every part from a local directory (``options``: the adapter's loader settings)."""
 
+    # ---- text and video -------------------------------------------------------------------
+    @abstractmethod
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Text conditioning ``(B, L, D)`` for ``prompts`` (see the module docstring)."""
+
+    @abstractmethod
     def encode_video(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels ``(B, 3, F, H, W)`` in [-1, 1] to scaled latents."""
-        raise NotImplementedError
 
+    @abstractmethod
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents to pixels ``(B, 3, F, H, W)`` in [-1, 1]."""
-        raise NotImplementedError
 
+    @abstractmethod
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """``(C, T, H, W)`` of one video's latents."""
-        raise NotImplementedError
 
     # ---- the denoiser -----------------------------------------------------------------------
     def sigma_grid(self, steps: int, shift: float) -> torch.Tensor:
@@ -95,10 +102,10 @@ class Backbone:
         """Latents at the noise end of the grid from unit Gaussian noise (sigma 1 for flow models)."""
         return noise
 
+    @abstractmethod
     def velocity(self, transformer: nn.Module, latents: torch.Tensor, sigma: torch.Tensor,
                  text: torch.Tensor) -> torch.Tensor:
         """Call ``transformer`` (the teacher or a student) as a flow-matching velocity model."""
-        raise NotImplementedError
 
     def guided_velocity(self, transformer: nn.Module, cond: torch.Tensor, uncond: torch.Tensor | None,
                         guidance_scale: float) -> VelocityFn:
