@@ -67,7 +67,7 @@ def merge_detail_expert(semantic: nn.Module, detail_dir: Path) -> nn.Module:
     """The PE detail expert as one plain transformer of the semantic expert's class (LoRA merged into
     the weights, copied timestep layers written in), so a stock pipeline can hold it."""
     expert = ParameterEfficientExpert.load(copy.deepcopy(semantic), detail_dir)
-    with expert.fused() as model:  # leaving the block unmerges, hence the clones
+    with expert.fused() as model:  # leaving the block swaps the base weights back, hence the clones
         state = {k.replace(".base_layer", ""): v.clone() for k, v in model.state_dict().items() if "lora_" not in k}
     merged = copy.deepcopy(semantic)
     merged.load_state_dict(state)  # strict: every weight of the plain transformer is written
