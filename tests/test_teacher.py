@@ -5,25 +5,12 @@ import torch
 
 from dcm import teacher as teacher_mod
 from dcm.models import load_backbone
-from dcm.models.tiny import build_tiny_backbone
 from dcm.teacher import CHECKPOINT, HELDOUT_SEED_BASE, heldout_set, train_teacher
 
 
 @pytest.fixture(autouse=True)
 def _tracking(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-
-
-def _record_steps(monkeypatch) -> list[int]:
-    """From now on, every training step's index is appended to the returned list."""
-    real_batch, steps_taken = teacher_mod.training_batch, []
-
-    def counting(params, table, step):
-        steps_taken.append(step)
-        return real_batch(params, table, step)
-
-    monkeypatch.setattr(teacher_mod, "training_batch", counting)
-    return steps_taken
 
 
 def _weights(path):
@@ -81,31 +68,16 @@ def test_missing_model_names_the_files_expected(tmp_path):
 
 def test_more_steps_continue_a_finished_run_and_other_params_restart_it(tmp_path, micro_params, monkeypatch):
     train_teacher(micro_params, tmp_path / "t")
-    steps_taken = _record_steps(monkeypatch)
+    real_batch = teacher_mod.training_batch
+    steps_taken = []
+
+    def counting(params, table, step):
+        steps_taken.append(step)
+        return real_batch(params, table, step)
+
+    monkeypatch.setattr(teacher_mod, "training_batch", counting)
     train_teacher(micro_params.with_overrides({"teacher": {"steps": 8}}), tmp_path / "t")
     assert steps_taken == [6, 7]
     steps_taken.clear()
     train_teacher(micro_params.with_overrides({"teacher": {"steps": 8, "lr": 5e-4}}), tmp_path / "t")
     assert steps_taken == list(range(8))
-
-
-def test_high_noise_phase_draws_its_share_of_the_batch_from_the_band(micro_params):
-    params = micro_params.with_overrides({"teacher": {"steps": 4, "high_noise_steps": 4, "batch_size": 8,
-                                                      "high_noise_share": 0.5, "high_noise_sigma_min": 0.8}})
-    table = teacher_mod.PromptTable(build_tiny_backbone(params.model.tiny))
-    main = torch.cat([teacher_mod.training_batch(params, table, s)[3] for s in range(4)])
-    high = [teacher_mod.training_batch(params, table, s)[3] for s in range(4, 8)]
-    assert main.min() < 0.8  # the main phase spreads over the whole grid
-    assert all((s[:4] >= 0.8).all() for s in high)
-    assert teacher_mod.lr_lambda(params)(4) == pytest.approx(params.teacher.high_noise_lr / params.teacher.lr)
-
-
-def test_high_noise_phase_continues_a_finished_main_phase(tmp_path, micro_params, monkeypatch):
-    train_teacher(micro_params, tmp_path / "t")
-    steps_taken = _record_steps(monkeypatch)
-    longer = micro_params.with_overrides({"teacher": {"high_noise_steps": 2}})
-    train_teacher(longer, tmp_path / "t")
-    assert steps_taken == [6, 7]
-    steps_taken.clear()  # a checkpoint inside the phase belongs to that phase's settings only
-    train_teacher(longer.with_overrides({"teacher": {"high_noise_steps": 3, "high_noise_sigma_min": 0.5}}), tmp_path / "t")
-    assert steps_taken == list(range(9))

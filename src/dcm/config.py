@@ -122,23 +122,12 @@ class TeacherParams(_Section):
     timestep_sampling: Literal["uniform", "logit_normal"] = Field("uniform", description="u uniform (then shifted by flow.shift) or logit-normal")
     logit_mean: float = 0.0
     logit_std: float = Field(1.0, gt=0.0)
-    high_noise_steps: int = Field(0, ge=0, description="extra steps after `steps` that concentrate on the "
-                                  "high-noise band, where layout, shape and motion are decided")
-    high_noise_sigma_min: float = Field(0.75, gt=0.0, lt=1.0, description="lower edge of that band")
-    high_noise_share: float = Field(0.75, ge=0.0, le=1.0, description="share of each such batch drawn "
-                                    "from the band (the rest as in the main phase)")
-    high_noise_lr: float = Field(3e-4, gt=0.0, le=1.0, description="learning rate the phase restarts at "
-                                 "(cosine down to lr * min_lr_ratio)")
     checkpoint_every: int = Field(250, ge=1)
     eval_every: int = Field(500, ge=1, description="steps between accuracy checks while training")
     eval_prompts: int = Field(16, ge=1, description="videos per accuracy check")
     eval_sample_steps: int = Field(20, ge=2, description="Euler steps of the accuracy check's sampler")
     eval_guidance_scale: float = Field(3.0, ge=1.0, le=20.0, description="CFG scale of the accuracy check")
     seed: int = 0
-
-    @property
-    def total_steps(self) -> int:
-        return self.steps + self.high_noise_steps
 
 
 class TeacherEvalParams(_Section):

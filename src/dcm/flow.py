@@ -61,14 +61,6 @@ def sample_training_sigmas(
     return shift_sigma(u, shift).float()
 
 
-def sample_band_sigmas(batch: int, shift: float, sigma_min: float, *, generator: torch.Generator) -> torch.Tensor:
-    """Training noise levels restricted to ``[sigma_min, 1]``: ``u`` uniform on the part of [0, 1]
-    that the shift maps there, so the band is covered as densely as the main phase covers it."""
-    u_min = sigma_min / (shift - (shift - 1) * sigma_min)  # the inverse of shift_sigma
-    u = u_min + (1 - u_min) * torch.rand(batch, generator=generator)
-    return shift_sigma(u, shift).float()
-
-
 def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     values = torch.as_tensor(values, dtype=like.dtype, device=like.device)
     if values.ndim == 0:

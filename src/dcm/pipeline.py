@@ -146,11 +146,9 @@ def _write_teacher_report(report: Path, report_dir: Path, m: dict, params: Param
         "",
     ]
     if toy:
-        t, tr = params.model.tiny, params.teacher
-        phase = (f", then {tr.high_noise_steps} steps with {tr.high_noise_share:.0%} of each batch at sigma >= "
-                 f"{tr.high_noise_sigma_min}" if tr.high_noise_steps else "")
+        t = params.model.tiny
         lines += [f"Teacher: {t.num_layers} layers, width {t.num_attention_heads * t.attention_head_dim}, patch "
-                  f"{tuple(t.patch_size)}, {tr.steps} steps of batch {tr.batch_size}{phase}.", ""]
+                  f"{tuple(t.patch_size)}, {params.teacher.steps} steps of batch {params.teacher.batch_size}.", ""]
     atomic_write_text(report, "\n".join(lines))
 
 

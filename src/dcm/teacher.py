@@ -3,12 +3,6 @@
 Data is rendered on the fly, and the batch of step ``k`` depends only on ``(seed, k)``, so a
 run resumed from a checkpoint sees exactly the data an uninterrupted run would have seen.
 Training videos use seeds below ``HELDOUT_SEED_BASE``; every evaluation uses seeds above it.
-
-Training has two phases: ``teacher.steps`` with noise levels spread over the whole shifted grid
-(warm-up, cosine decay), then ``teacher.high_noise_steps`` that draw most of each batch from the
-high-noise band (a restarted cosine). A model can denoise a half-noisy video into the right
-shape and motion long before it can find that layout in almost pure noise, which is where a
-sampler starting from noise has to find it.
 """
 
 from __future__ import annotations
@@ -44,9 +38,6 @@ FINGERPRINT_KEYS = ("world", "flow", "model.backbone", "model.tiny", "teacher")
 # continues a run (with the cosine schedule stretched to the new length).
 FINGERPRINT_IGNORE = ("teacher.steps", "teacher.checkpoint_every", "teacher.eval_every", "teacher.eval_prompts",
                       "teacher.eval_sample_steps", "teacher.eval_guidance_scale")
-# The high-noise phase's settings shape only the steps after teacher.steps.
-HIGH_NOISE_KEYS = ("teacher.high_noise_steps", "teacher.high_noise_sigma_min", "teacher.high_noise_share",
-                   "teacher.high_noise_lr")
 
 
 def heldout_set(videos: int, seed: int = 0) -> list[tuple[Prompt, int]]:
@@ -79,22 +70,10 @@ class TrainState:
     seconds: float = 0.0
 
 
-def checkpoint_fingerprint(params: Params, step: int) -> str:
-    """What a checkpoint at ``step`` must have been trained with: the main phase's settings up
-    to ``teacher.steps``; past it also the high-noise phase's and the main phase's length."""
-    if step <= params.teacher.steps:
-        return fingerprint(params, FINGERPRINT_KEYS, FINGERPRINT_IGNORE + HIGH_NOISE_KEYS)
-    return fingerprint(params, FINGERPRINT_KEYS, tuple(k for k in FINGERPRINT_IGNORE if k != "teacher.steps"))
-
-
 def lr_lambda(params: Params):
     t = params.teacher
 
     def fn(step: int) -> float:
-        if step >= t.steps:  # the high-noise phase restarts a cosine at high_noise_lr
-            progress = min(1.0, (step - t.steps) / max(1, t.high_noise_steps))
-            peak = t.high_noise_lr / t.lr
-            return t.min_lr_ratio + (peak - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
         if step < t.warmup_steps:
             return (step + 1) / t.warmup_steps
         progress = min(1.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
@@ -118,9 +97,6 @@ def training_batch(params: Params, table: PromptTable, step: int) -> tuple[torch
         t.batch_size, params.flow.shift, logit_normal=t.timestep_sampling == "logit_normal",
         mean=t.logit_mean, std=t.logit_std, generator=gen,
     )
-    if step >= t.steps:
-        band = round(t.high_noise_share * t.batch_size)
-        sigma[:band] = flow.sample_band_sigmas(band, params.flow.shift, t.high_noise_sigma_min, generator=gen)
     return x0, text, noise, sigma
 
 
@@ -156,10 +132,10 @@ def train_teacher(params: Params, out_dir: Path) -> TinyBackbone:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(params))
     state = TrainState()
     ckpt_path = out_dir / CHECKPOINT
+    fp = fingerprint(params, FINGERPRINT_KEYS, FINGERPRINT_IGNORE)
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
-    if ckpt is not None and (ckpt["state"]["step"] > t.total_steps
-                             or ckpt.get("fingerprint") != checkpoint_fingerprint(params, ckpt["state"]["step"])):
-        log.warning("%s was written with other params, or past %d steps; training from scratch", ckpt_path, t.total_steps)
+    if ckpt is not None and (ckpt.get("fingerprint") != fp or ckpt["state"]["step"] > t.steps):
+        log.warning("%s was written with other params, or past %d steps; training from scratch", ckpt_path, t.steps)
         ckpt = None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -167,9 +143,6 @@ def train_teacher(params: Params, out_dir: Path) -> TinyBackbone:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         state = TrainState(**ckpt["state"])
-        # The checkpoint holds the learning rate its own schedule set; apply this run's.
-        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
-            group["lr"] = base_lr * scheduler.lr_lambdas[0](state.step)
         log.info("resuming teacher training from %s at step %d", ckpt_path, state.step)
     model, optimizer = accelerator.prepare(model, optimizer)
     table = PromptTable(backbone)
@@ -180,11 +153,11 @@ def train_teacher(params: Params, out_dir: Path) -> TinyBackbone:
             atomic_torch_save({
                 "model": accelerator.unwrap_model(model).state_dict(), "ema": ema.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "state": state.__dict__, "fingerprint": checkpoint_fingerprint(params, state.step),
+                "state": state.__dict__, "fingerprint": fp,
             }, ckpt_path)
 
-    bar = tqdm(total=t.total_steps, initial=state.step, desc="teacher", disable=not accelerator.is_main_process)
-    while state.step < t.total_steps:
+    bar = tqdm(total=t.steps, initial=state.step, desc="teacher", disable=not accelerator.is_main_process)
+    while state.step < t.steps:
         tick = time.perf_counter()
         model.train()
         x0, text, noise, sigma = training_batch(params, table, state.step)
@@ -209,9 +182,9 @@ def train_teacher(params: Params, out_dir: Path) -> TinyBackbone:
         if state.step % 10 == 0:
             log_metrics(metrics, step=state.step)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-        if state.step % t.checkpoint_every == 0 or state.step == t.total_steps:
+        if state.step % t.checkpoint_every == 0 or state.step == t.steps:
             save()
-        if accelerator.is_main_process and (state.step % t.eval_every == 0 or state.step == t.total_steps):
+        if accelerator.is_main_process and (state.step % t.eval_every == 0 or state.step == t.steps):
             videos = sample_videos(backbone, ema, eval_items, params, t.eval_sample_steps, t.eval_guidance_scale)
             acc = accuracy(videos, eval_items, params)
             log_metrics({**acc, "train_minutes": state.seconds / 60}, step=state.step)
