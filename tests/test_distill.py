@@ -54,6 +54,18 @@ def test_every_stage_trains_its_student(workspace, micro_distill):
     assert semantic["metrics.loss_tc"] >= 0 and semantic["tags.ablation.tc"] == "True"
 
 
+def test_detail_training_is_reproducible_whatever_was_drawn_before(workspace, micro_distill):
+    """The LoRA and the discriminator start from the params' seed, not from the global generator."""
+    run_trajectories(micro_distill)
+    run_distill(micro_distill, "semantic")
+    run_distill(micro_distill, "detail", out_dir=ART / "first")
+    torch.rand(1000)  # whatever a library draws in between
+    run_distill(micro_distill, "detail", out_dir=ART / "second")
+    first, second = (load_file(str(ART / run / "detail.safetensors")) for run in ("first", "second"))
+    for name, value in first.items():
+        torch.testing.assert_close(second[name], value, rtol=0, atol=0, msg=name)
+
+
 def test_od_and_gf_switches_change_what_trains(workspace, micro_distill):
     run_trajectories(micro_distill)
     od_only = with_overrides(micro_distill, {"ablation": {"od": True, "pe": False, "tc": False, "gf": False}})

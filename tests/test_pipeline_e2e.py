@@ -72,6 +72,7 @@ def test_repro_writes_the_teacher_and_its_report(repo):
     assert {"total", "quality", "semantic", "color", "motion_direction", "batch_seconds"} <= metrics.keys()
     assert (repo / "reports/teacher/grid.png").stat().st_size > 1000
     assert "accuracy" in (repo / "reports/teacher.md").read_text()
+    assert (repo / "reports/teacher/denoising.png").stat().st_size > 0  # the denoising probe's figure
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert sorted(lock["stages"]) == STAGES
     for stage in ("semantic", "lcm", "pcm"):

@@ -5,7 +5,9 @@ import torch
 
 from dcm import teacher as teacher_mod
 from dcm.models import load_backbone
-from dcm.teacher import CHECKPOINT, HELDOUT_SEED_BASE, heldout_set, train_teacher
+from dcm.models.tiny import build_tiny_backbone
+from dcm.teacher import (ACCURACY_KEYS, CHECKPOINT, HELDOUT_SEED_BASE, denoising_accuracy, heldout_set,
+                         train_teacher)
 
 
 @pytest.fixture(autouse=True)
@@ -81,3 +83,13 @@ def test_more_steps_continue_a_finished_run_and_other_params_restart_it(tmp_path
     steps_taken.clear()
     train_teacher(micro_params.with_overrides({"teacher": {"steps": 8, "lr": 5e-4}}), tmp_path / "t")
     assert steps_taken == list(range(8))
+
+
+def test_denoising_probe_reads_attributes_from_lightly_noised_videos_only(micro_params):
+    backbone = build_tiny_backbone(micro_params.model.tiny)  # adaLN-Zero: velocity 0, so x0 = x_sigma
+    rows = denoising_accuracy(backbone, backbone.transformer, heldout_set(8), micro_params, [1e-4, 1.0],
+                              guidance_scale=3.0, batch_size=3)
+    assert [r["sigma"] for r in rows] == [1e-4, 1.0]
+    clean, noise = ([r[f"acc_{k}"] for k in ACCURACY_KEYS] for r in rows)
+    assert min(clean) >= 0.75  # the ground truth itself
+    assert sum(noise) / len(noise) <= 0.5  # pure noise

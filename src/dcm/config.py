@@ -7,7 +7,7 @@ before any compute with a message naming the key, the value and what is allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -136,6 +136,9 @@ class TeacherEvalParams(_Section):
     videos: int = Field(64, ge=1, description="prompts x held-out seeds to sample")
     guidance_scale: float = Field(3.0, ge=1.0, le=20.0, description="classifier-free guidance scale")
     batch_size: int = Field(16, ge=1)
+    probe_sigmas: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
+        [0.2, 0.4, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0],
+        description="noise levels of the one-step denoising probe (toy world; empty: no probe)")
     seed: int = 0
 
 

@@ -31,3 +31,26 @@ def frame_grid(videos: list[np.ndarray], labels: list[str], path: Path, frames: 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def accuracy_by_noise(rows: list[dict[str, float]], sampled: dict[str, float], path: Path) -> None:
+    """The denoising probe: one line per attribute over the noise level, with the accuracy of
+    videos sampled from pure noise as a dashed line in the same colour."""
+    keys = [k for k in rows[0] if k.startswith("acc_")]
+    sigmas = [r["sigma"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for key in keys:
+        label = key.removeprefix("acc_")
+        (line,) = ax.plot(sigmas, [r[key] for r in rows], "o-", label=f"{label}: one-step denoising")
+        if label in sampled:
+            ax.axhline(sampled[label], color=line.get_color(), linestyle="--", linewidth=1,
+                       label=f"{label}: sampled from noise")
+    ax.set_xlabel("noise level sigma of the held-out video")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Teacher: what one denoising step recovers, by noise level")
+    ax.legend(fontsize=6, ncol=2, loc="lower left")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -174,16 +174,20 @@ def distill(params: Params, stage: str, out_dir: Path, teacher_dir: Path, trajec
     points, ends = trainable_points(phases, data.stored_mask)
     empty = teacher.encode_prompts([""]).to(accelerator.device)
 
-    student, trainable = build_student(plan, params, teacher, semantic_dir or out_dir.parent / "semantic")
+    # Random initialisation (LoRA, discriminator) from a generator fixed by the params alone: the
+    # global one's state here depends on what the libraries loaded so far happened to draw.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(zlib.crc32(f"{d.seed}/{plan.role}/init".encode()))
+        student, trainable = build_student(plan, params, teacher, semantic_dir or out_dir.parent / "semantic")
+        taps = disc = d_optimizer = None
+        if plan.gf:
+            taps = FeatureTaps(teacher.feature_blocks(), params.detail.feature_stride)
+            disc = Discriminator(teacher.feature_dim(), len(taps.indices), params.detail.head_width)
+            d_optimizer = torch.optim.AdamW(disc.parameters(), lr=params.detail.d_lr, betas=(0.0, 0.999))
+    if plan.gf and d.gradient_checkpointing:  # the GAN and feature losses backpropagate through the teacher
+        teacher.enable_gradient_checkpointing(teacher.transformer)
     optimizer = torch.optim.AdamW(trainable, lr=plan.lr, weight_decay=d.weight_decay)
     ema = copy.deepcopy(student).requires_grad_(False) if d.target == "ema" else None
-    taps = disc = d_optimizer = None
-    if plan.gf:
-        if d.gradient_checkpointing:  # the GAN and feature losses backpropagate through the teacher
-            teacher.enable_gradient_checkpointing(teacher.transformer)
-        taps = FeatureTaps(teacher.feature_blocks(), params.detail.feature_stride)
-        disc = Discriminator(teacher.feature_dim(), len(taps.indices), params.detail.head_width)
-        d_optimizer = torch.optim.AdamW(disc.parameters(), lr=params.detail.d_lr, betas=(0.0, 0.999))
 
     step = 0
     ckpt_path = out_dir / CHECKPOINT
