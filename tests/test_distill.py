@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import yaml
 from safetensors.torch import load_file
 
 from dcm.distill.trainer import CHECKPOINT, StudentPlan
+from dcm.launch import LAUNCHED_MARKERS
 from dcm.pipeline import run_distill, run_trajectories
 
 from conftest import with_overrides
@@ -152,3 +154,44 @@ def test_two_cpu_processes_through_the_launch_params(workspace, micro_distill):
     runs = mlflow.search_runs(experiment_names=["dcm"])
     stages = runs[runs["tags.dcm.parent"] != "true"]
     assert sorted(stages["tags.dcm.stage"]) == ["semantic", "trajectories"]  # one run each: main process only
+
+
+def _torchrun_harness(stage: str, out_dir: Path, mode: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHED_MARKERS}
+    env.update(PYTHONPATH=str(ROOT / "src"), PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "tests" / "fsdp_on_cpu.py"), stage, str(out_dir), mode]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_fsdp_trains_what_data_parallelism_trains_and_resumes_from_its_shards(workspace, micro_distill):
+    """accelerate's FSDP path (full shard, one unit per transformer block; tests/fsdp_on_cpu.py forces it
+    on CPU) ends with the weights two data-parallel processes end with: the full semantic expert, then
+    the PE detail expert with GAN + FM. A run continued from FSDP's per-rank checkpoint ends the same."""
+    run_trajectories(micro_distill)
+    _write_params(micro_distill)
+    for mode in ("ddp", "fsdp"):
+        _torchrun_harness("semantic", ART / f"semantic_{mode}", mode)
+    assert {p.name for p in (ART / "semantic_fsdp").glob("optimizer-rank*.pt")} == {"optimizer-rank0.pt",
+                                                                                    "optimizer-rank1.pt"}
+    ddp, fsdp = (load_file(str(ART / f"semantic_{m}" / "model" / "diffusion_pytorch_model.safetensors"))
+                 for m in ("ddp", "fsdp"))
+    assert ddp.keys() == fsdp.keys()
+    for name, value in ddp.items():
+        torch.testing.assert_close(fsdp[name], value, atol=1e-6, rtol=1e-5, msg=name)
+
+    shutil.copytree(ART / "semantic_fsdp", ART / "semantic")
+    for mode in ("ddp", "fsdp"):
+        _torchrun_harness("detail", ART / f"detail_{mode}", mode)
+    _write_params(with_overrides(micro_distill, {"detail": {"steps": 2}}))
+    _torchrun_harness("detail", ART / "detail_resumed", "fsdp")  # stops at its step-2 checkpoint
+    _write_params(micro_distill)
+    _torchrun_harness("detail", ART / "detail_resumed", "fsdp")  # continues to step 3
+    ddp = load_file(str(ART / "detail_ddp" / "detail.safetensors"))
+    assert any(".lora_A." in name for name in ddp)
+    for run in ("detail_fsdp", "detail_resumed"):
+        other = load_file(str(ART / run / "detail.safetensors"))
+        assert other.keys() == ddp.keys(), run
+        for name, value in ddp.items():
+            torch.testing.assert_close(other[name], value, atol=1e-6, rtol=1e-5, msg=f"{run}: {name}")

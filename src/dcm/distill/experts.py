@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import LoraConfig, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -67,7 +67,15 @@ class ParameterEfficientExpert(nn.Module):
 
     def _set(self, name: str, value) -> None:
         parent, child = _split(name)
-        setattr(self.base.get_submodule(parent) if parent else self.base, child, value)
+        module = self.base.get_submodule(parent) if parent else self.base
+        if isinstance(value, nn.Module) or (isinstance(value, nn.Parameter) and child in module._parameters):
+            setattr(module, child, value)
+        elif isinstance(value, nn.Parameter):  # in place of a plain tensor (below)
+            module.__dict__.pop(child, None)
+            module.register_parameter(child, value)
+        else:  # a plain tensor: inside its forward, FSDP (use_orig_params) shows parameters as tensor views
+            module._parameters.pop(child, None)
+            object.__setattr__(module, child, value)
 
     def _copy_of(self, name: str):
         key = name.replace(".", "__")
@@ -133,9 +141,10 @@ class ParameterEfficientExpert(nn.Module):
         """The LoRA and the copies, from this module or from its whole state dict ``full``
         (gathered by ``accelerator.get_state_dict`` when the module is sharded)."""
         full = self.state_dict() if full is None else full
-        base = {k[len("base."):]: v for k, v in full.items() if k.startswith("base.")}
-        state = {f"lora.{k}": v for k, v in
-                 get_peft_model_state_dict(self.base, state_dict=base, adapter_name=ADAPTER).items()}
+        # PEFT's key format (adapter name dropped), picked from the keys themselves: PEFT's own
+        # get_peft_model_state_dict matches module names, which FSDP's wrappers change.
+        state = {f"lora.{k[len('base.'):].replace(f'.{ADAPTER}.', '.')}": v for k, v in full.items()
+                 if k.startswith("base.") and ".lora_" in k and f".{ADAPTER}." in k}
         state.update({k: v for k, v in full.items() if k.startswith(("copies.", "copy_modules."))})
         return {k: v.detach().contiguous() for k, v in state.items()}
 

@@ -47,11 +47,11 @@ def temporal_coherence(pred: torch.Tensor, target: torch.Tensor, lag: int) -> to
 @torch.no_grad()
 def consistency_target(x_prev: torch.Tensor, i: torch.Tensor, end: torch.Tensor, sigmas: torch.Tensor,
                        target_velocity: Velocity) -> torch.Tensor:
-    """``x_{i-1}`` carried to the phase end by the (stop-gradient) target network."""
+    """``x_{i-1}`` carried to the phase end by the (stop-gradient) target network. The network is
+    called even when every ``x_{i-1}`` already is at its phase end: under FSDP a forward is a
+    collective, so every process has to make the same calls whatever its batch holds."""
     prev = i - 1
     at_end = prev == end
-    if at_end.all():
-        return x_prev.clone()
     carried = jump(x_prev, target_velocity(x_prev, sigmas[prev]), sigmas[prev], sigmas[end])
     return torch.where(per_sample(at_end, x_prev).bool(), x_prev, carried)
 

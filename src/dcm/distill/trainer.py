@@ -106,6 +106,25 @@ def build_student(plan: StudentPlan, params: Params, teacher: Backbone, semantic
     return student, list(student.parameters())
 
 
+def save_full_model(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    """Write ``model``'s config and ``state_dict`` (gathered from every process) as a diffusers
+    model directory. ``save_pretrained`` reads ``model.state_dict()`` itself, which under FSDP is
+    a collective that only the main process would join; shards are named as diffusers names them."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_config(path)
+    split = split_torch_state_dict_into_shards(state_dict, filename_pattern="diffusion_pytorch_model{suffix}.safetensors",
+                                               max_shard_size="10GB")
+    for filename, names in split.filename_to_tensors.items():
+        with atomic_path(path / filename) as tmp:
+            save_file({n: state_dict[n].contiguous() for n in names}, str(tmp), metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        atomic_write_text(path / "diffusion_pytorch_model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
+
+
 def _student_state(student: torch.nn.Module, full: dict | None = None) -> dict:
     """What a checkpoint keeps of a student; ``full``: its whole state dict already gathered (FSDP)."""
     if isinstance(student, ParameterEfficientExpert):
@@ -205,7 +224,8 @@ def distill(params: Params, stage: str, out_dir: Path, teacher_dir: Path, trajec
             _load_student_state(ema, ckpt["ema"])
         if disc is not None:
             disc.load_state_dict(ckpt["disc"])
-            d_optimizer.load_state_dict(ckpt["d_optimizer"])
+            if ckpt["d_optimizer"] is not None:
+                d_optimizer.load_state_dict(ckpt["d_optimizer"])
         step = ckpt["step"]
         log.info("%s: resuming from %s at step %d", stage, ckpt_path, step)
 
@@ -213,17 +233,23 @@ def distill(params: Params, stage: str, out_dir: Path, teacher_dir: Path, trajec
     if disc is not None:
         disc, d_optimizer = accelerator.prepare(disc, d_optimizer)
     raw = accelerator.unwrap_model(model)
-    target_net = ema if ema is not None else raw
-    if ckpt is not None and ckpt["optimizer"] is None:
-        optimizer.load_state_dict(torch.load(rank_optimizer, map_location="cpu", weights_only=False))
-
+    # the online target calls the prepared model: under FSDP the unwrapped one holds only this rank's shards
+    target_net = ema if ema is not None else model
     sharded = accelerator.distributed_type == DistributedType.FSDP
-    rank_optimizer = out_dir / f"optimizer-rank{accelerator.process_index}.pt"  # FSDP: each rank's shard
+    rank_optimizers = out_dir / f"optimizer-rank{accelerator.process_index}.pt"  # FSDP: this rank's shards
+    if ckpt is not None and ckpt["optimizer"] is None:
+        shards = torch.load(rank_optimizers, map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(shards["optimizer"])
+        if d_optimizer is not None:
+            d_optimizer.load_state_dict(shards["d_optimizer"])
 
     def save() -> None:
-        full = accelerator.get_state_dict(model)  # a collective under FSDP: every rank takes part
+        full = accelerator.get_state_dict(model)  # collectives under FSDP: every rank takes part
+        disc_full = None if disc is None else accelerator.get_state_dict(disc)
         if sharded:
-            atomic_torch_save(optimizer.state_dict(), rank_optimizer)
+            atomic_torch_save({"optimizer": optimizer.state_dict(),
+                               "d_optimizer": None if d_optimizer is None else d_optimizer.state_dict()},
+                              rank_optimizers)
         if accelerator.is_main_process:
             state = {"fingerprint": fp, "step": step, "seconds": train_seconds(),
                      "student": _student_state(raw, full),
@@ -231,8 +257,8 @@ def distill(params: Params, stage: str, out_dir: Path, teacher_dir: Path, trajec
             if ema is not None:
                 state["ema"] = _student_state(ema)
             if disc is not None:
-                state["disc"] = accelerator.unwrap_model(disc).state_dict()
-                state["d_optimizer"] = d_optimizer.state_dict()
+                state["disc"] = disc_full
+                state["d_optimizer"] = None if sharded else d_optimizer.state_dict()
             atomic_torch_save(state, ckpt_path)
         accelerator.wait_for_everyone()
 
@@ -324,7 +350,7 @@ def distill(params: Params, stage: str, out_dir: Path, teacher_dir: Path, trajec
         if plan.pe:
             raw.save(out_dir, full)
         else:
-            raw.save_pretrained(out_dir / "model", state_dict=full)
+            save_full_model(raw, full, out_dir / "model")
         atomic_write_text(out_dir / EXPERT_INFO, json.dumps(summary, indent=2) + "\n")
         log_metrics({k: summary[k] for k in ("trainable_parameters", "seconds_per_step") if summary[k] is not None})
     accelerator.wait_for_everyone()
