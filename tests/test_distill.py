@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from dcm.distill.trainer import CHECKPOINT, StudentPlan
 from dcm.launch import LAUNCHED_MARKERS
+from dcm.models.tiny import build_tiny_backbone
 from dcm.pipeline import run_distill, run_trajectories
 
 from conftest import with_overrides
@@ -195,3 +196,27 @@ def test_fsdp_trains_what_data_parallelism_trains_and_resumes_from_its_shards(wo
         assert other.keys() == ddp.keys(), run
         for name, value in ddp.items():
             torch.testing.assert_close(other[name], value, atol=1e-6, rtol=1e-5, msg=f"{run}: {name}")
+
+
+def test_bf16_autocast_keeps_fp32_master_weights_and_checkpointing_changes_no_result(workspace, micro_distill):
+    """`distill.mixed_precision: bf16` computes in bf16 (the weights move differently) but keeps and
+    saves fp32 weights; `distill.gradient_checkpointing` recomputes activations and learns the same."""
+    micro_distill = with_overrides(micro_distill, {"model": {"tiny": {"init": "default"}}})  # a non-zero teacher
+    build_tiny_backbone(micro_distill.model.tiny).save_pretrained(Path("artifacts/teacher/model"))
+    run_trajectories(micro_distill)
+    runs = {"fp32": {}, "bf16": {"mixed_precision": "bf16"}, "checkpointed": {"gradient_checkpointing": True}}
+    weights = {}
+    for name, distill_overrides in runs.items():  # one process each: accelerate fixes its precision once
+        _write_params(with_overrides(micro_distill, {"distill": distill_overrides}))
+        subprocess.run([sys.executable, "-m", "dcm.cli", "semantic"], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        (ART / "semantic").rename(ART / f"semantic_{name}")
+        weights[name] = load_file(str(ART / f"semantic_{name}" / "model" / "diffusion_pytorch_model.safetensors"))
+    assert all(v.dtype == torch.float32 for w in weights.values() for v in w.values())
+    runs = mlflow.search_runs(experiment_names=["dcm"], order_by=["start_time ASC"])
+    losses = runs[runs["tags.dcm.stage"] == "semantic"]["metrics.loss_consistency"].tolist()
+    assert len(losses) == 3
+    assert losses[1] != losses[0]  # bf16 arithmetic: the same batches give another loss
+    assert losses[2] == pytest.approx(losses[0], rel=1e-4)
+    for name, value in weights["fp32"].items():
+        torch.testing.assert_close(weights["checkpointed"][name], value, atol=1e-6, rtol=1e-5, msg=name)
