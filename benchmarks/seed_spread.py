@@ -1,0 +1,71 @@
+"""How much the detail expert's score moves with its seed, with and without GAN + FM.
+
+Trains the detail expert once per (ablation.gf, distill.seed) on the committed semantic expert,
+under /tmp/dcm-seed-spread/ (not the stage folders), and scores DCM with the toy evaluator on
+held-out videos, in memory. Prints one JSON line per run, then the mean and range per setting.
+
+    python benchmarks/seed_spread.py [--seeds 0 1 2] [--gf on off] [--videos 32] [--steps 4 8]
+
+Needs `dvc repro semantic` first; about 2.5 min per run on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from dcm.config import load_params
+from dcm.models import load_backbone
+from dcm.pipeline import TEACHER_DIR, run_distill
+from dcm.students import load_generator, sample
+from dcm.teacher import heldout_set
+from dcm.trajectories import latent_shape
+from dcm.world.metrics import aggregate_scores, evaluate_video
+from dcm.world.render import to_video
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--videos", type=int, default=32, help="held-out videos scored per run")
+    parser.add_argument("--steps", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--gf", choices=["on", "off"], nargs="+", default=["on", "off"],
+                        help="GAN + feature matching settings to train")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/dcm-seed-spread"))
+    args = parser.parse_args()
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{args.out.resolve()}/mlflow.db"  # keep these out of the project's runs
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    base = load_params("params.yaml")
+    backbone = load_backbone(TEACHER_DIR / "model")
+    items = heldout_set(args.videos, seed=5)
+    prompts, seeds = [p.text for p, _ in items], [s for _, s in items]
+    results: dict[str, list[dict]] = {}
+    for gf in (setting == "on" for setting in args.gf):
+        for seed in args.seeds:
+            params = base.with_overrides({"distill": {"seed": seed}, "ablation": {"gf": gf}})
+            artifacts = args.out / f"gf{int(gf)}_seed{seed}" / "artifacts"
+            artifacts.mkdir(parents=True, exist_ok=True)
+            if not (artifacts / "semantic").exists():
+                os.symlink(Path("artifacts/semantic").resolve(), artifacts / "semantic")
+            run_distill(params, "detail", out_dir=artifacts / "detail")
+            row = {"gf": gf, "seed": seed}
+            for steps in args.steps:
+                generator = load_generator("dcm", steps, backbone, params, artifacts)
+                latents = sample(generator, backbone, prompts, seeds, latent_shape(params, backbone))
+                scores = [evaluate_video(to_video(v), p, params.world.to_config())
+                          for v, (p, _) in zip(backbone.decode_latents(latents), items, strict=True)]
+                row[f"dcm@{steps}"] = round(aggregate_scores(scores)["total"], 4)
+            print(json.dumps(row), flush=True)
+            results.setdefault("PE + GF" if gf else "PE, no GF", []).append(row)
+    for setting, rows in results.items():
+        for steps in args.steps:
+            values = [r[f"dcm@{steps}"] for r in rows]
+            print(f"{setting:10s} DCM@{steps}: mean {sum(values) / len(values):.4f}, "
+                  f"range {min(values):.4f}..{max(values):.4f} over seeds {args.seeds}")
+
+
+if __name__ == "__main__":
+    main()
