@@ -136,14 +136,16 @@ def denoising_accuracy(backbone: TinyBackbone, transformer: torch.nn.Module, ite
     x0 = render_batch(prompts, [s for _, s in items], params.world.to_config())
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(params.teacher_eval.seed))
     cond = backbone.encode_prompts([p.text for p in prompts])
-    uncond = backbone.encode_prompts([""] * len(prompts))
+    empty = backbone.encode_prompts([""])
+    transformer.eval()
     rows = []
     for sigma in sigmas:
         x_sigma = flow.add_noise(x0, noise, torch.tensor(sigma))
         denoised = []
         for i in range(0, len(items), batch_size):
             part = slice(i, i + batch_size)
-            velocity = backbone.guided_velocity(transformer.eval(), cond[part], uncond[part], guidance_scale)
+            uncond = empty.expand(len(cond[part]), -1, -1)
+            velocity = backbone.guided_velocity(transformer, cond[part], uncond, guidance_scale)
             sigma_batch = torch.full((x_sigma[part].shape[0],), sigma)
             denoised.append(x_sigma[part] - sigma * velocity(x_sigma[part], sigma_batch))
         videos = [to_video(v) for v in backbone.decode_latents(torch.cat(denoised))]
