@@ -20,7 +20,7 @@ from dcm.config import load_params
 from dcm.models import load_backbone
 from dcm.pipeline import TEACHER_DIR, run_distill
 from dcm.students import load_generator, sample
-from dcm.teacher import heldout_set
+from dcm.splits import toy_items
 from dcm.trajectories import latent_shape
 from dcm.world.metrics import aggregate_scores, evaluate_video
 from dcm.world.render import to_video
@@ -40,7 +40,7 @@ def main() -> None:
 
     base = load_params("params.yaml")
     backbone = load_backbone(TEACHER_DIR / "model")
-    items = heldout_set(args.videos, seed=5)
+    items = toy_items("heldout", args.videos, 5)
     prompts, seeds = [p.text for p, _ in items], [s for _, s in items]
     results: dict[str, list[dict]] = {}
     for gf in (setting == "on" for setting in args.gf):

@@ -6,8 +6,8 @@ import torch
 from dcm import teacher as teacher_mod
 from dcm.models import load_backbone
 from dcm.models.tiny import build_tiny_backbone
-from dcm.teacher import (ACCURACY_KEYS, CHECKPOINT, HELDOUT_SEED_BASE, denoising_accuracy, heldout_set,
-                         train_teacher)
+from dcm.splits import HELDOUT_SEED_BASE, TRAIN_SEED_END, VALIDATION_SEED_BASE, toy_items
+from dcm.teacher import ACCURACY_KEYS, CHECKPOINT, denoising_accuracy, train_teacher
 
 
 @pytest.fixture(autouse=True)
@@ -57,10 +57,11 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path, micro_params, monkey
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
-def test_heldout_seeds_are_never_training_seeds():
-    items = heldout_set(64)
-    assert len({p.text for p, _ in items}) == 64
-    assert all(seed >= HELDOUT_SEED_BASE for _, seed in items)
+def test_heldout_and_validation_seeds_are_never_training_seeds_nor_each_other():
+    heldout, validation = toy_items("heldout", 64), toy_items("validation", 64)
+    assert len({p.text for p, _ in heldout}) == 64
+    assert all(TRAIN_SEED_END <= HELDOUT_SEED_BASE <= seed < VALIDATION_SEED_BASE for _, seed in heldout)
+    assert all(seed >= VALIDATION_SEED_BASE for _, seed in validation)
 
 
 def test_missing_model_names_the_files_expected(tmp_path):
@@ -87,7 +88,7 @@ def test_more_steps_continue_a_finished_run_and_other_params_restart_it(tmp_path
 
 def test_denoising_probe_reads_attributes_from_lightly_noised_videos_only(micro_params):
     backbone = build_tiny_backbone(micro_params.model.tiny)  # adaLN-Zero: velocity 0, so x0 = x_sigma
-    rows = denoising_accuracy(backbone, backbone.transformer, heldout_set(8), micro_params, [1e-4, 1.0],
+    rows = denoising_accuracy(backbone, backbone.transformer, toy_items("heldout", 8), micro_params, [1e-4, 1.0],
                               guidance_scale=3.0, batch_size=3)
     assert [r["sigma"] for r in rows] == [1e-4, 1.0]
     clean, noise = ([r[f"acc_{k}"] for k in ACCURACY_KEYS] for r in rows)

@@ -68,6 +68,11 @@ class TinyModelParams(_Section):
     text_max_length: int = Field(16, ge=10, description="tokens per prompt (toy prompts have 9 words)")
     text_seed: int = Field(0, description="seed of the frozen random text encoder")
     init: Literal["adaln_zero", "default"] = Field("adaln_zero", description="DiT's adaLN-Zero, or diffusers' default")
+    coordinate_channels: bool = Field(False, description="concatenate (t, y, x) coordinates to the input as "
+                                      "extra channels (in_channels > out_channels, as Wan's image-to-video model)")
+    prediction: Literal["velocity", "sample"] = Field(
+        "velocity", description="what the transformer outputs: the flow velocity, or the clean sample "
+        "(converted to a velocity, so every stage still sees a velocity model)")
 
 
 class ModelParams(_Section):
@@ -120,11 +125,13 @@ class TeacherParams(_Section):
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     caption_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="share of empty prompts, for CFG")
     timestep_sampling: Literal["uniform", "logit_normal"] = Field("uniform", description="u uniform (then shifted by flow.shift) or logit-normal")
+    train_shift: float | None = Field(None, ge=1.0, le=50.0, description="shift applied to the training noise "
+                                      "levels (null: flow.shift); higher spends more training at high noise")
     logit_mean: float = 0.0
     logit_std: float = Field(1.0, gt=0.0)
     checkpoint_every: int = Field(250, ge=1)
     eval_every: int = Field(500, ge=1, description="steps between accuracy checks while training")
-    eval_prompts: int = Field(16, ge=1, description="videos per accuracy check")
+    eval_prompts: int = Field(16, ge=1, description="validation videos per accuracy check")
     eval_sample_steps: int = Field(20, ge=2, description="Euler steps of the accuracy check's sampler")
     eval_guidance_scale: float = Field(3.0, ge=1.0, le=20.0, description="CFG scale of the accuracy check")
     seed: int = 0

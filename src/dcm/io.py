@@ -51,6 +51,14 @@ def write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Rows of one table as CSV, written atomically."""
+    import pandas as pd
+
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+
+
 def write_mp4(path: str | Path, video: np.ndarray, fps: int = 8) -> None:
     """Write ``(T, H, W, 3)`` floats in [0, 1] as H.264 in 4:4:4 at a lossless setting, so the
     fine textures and saturated colours survive for evaluation."""

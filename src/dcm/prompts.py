@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from dcm.config import Params
+from dcm.splits import split_seeds, toy_items
 
 VBENCH = "vbench"
 
@@ -49,13 +50,10 @@ def read_prompts(source: str) -> list[str]:
 
 def heldout_prompts(source: str | None, videos: int, seed: int) -> tuple[list[str], list[int]]:
     """``videos`` prompts (``source`` cycled, or the toy grammar shuffled) with seeds never trained on."""
-    from dcm.teacher import HELDOUT_SEED_BASE, heldout_set
-
     if source:
         prompts = read_prompts(source)
-        return ([prompts[i % len(prompts)] for i in range(videos)],
-                [HELDOUT_SEED_BASE + seed * 100_000 + i for i in range(videos)])
-    items = heldout_set(videos, seed=seed)
+        return [prompts[i % len(prompts)] for i in range(videos)], split_seeds("heldout", videos, seed)
+    items = toy_items("heldout", videos, seed)
     return [p.text for p, _ in items], [s for _, s in items]
 
 

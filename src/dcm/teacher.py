@@ -2,7 +2,8 @@
 
 Data is rendered on the fly, and the batch of step ``k`` depends only on ``(seed, k)``, so a
 run resumed from a checkpoint sees exactly the data an uninterrupted run would have seen.
-Training videos use seeds below ``HELDOUT_SEED_BASE``; every evaluation uses seeds above it.
+Training videos use the training seeds of :mod:`dcm.splits`; the checks during training sample
+the validation split, so choosing a recipe never looks at the held-out set.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import copy
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,29 +23,24 @@ from tqdm.auto import tqdm
 
 from dcm import flow
 from dcm.config import Params, fingerprint
-from dcm.io import atomic_torch_save
+from dcm.io import atomic_torch_save, write_csv
 from dcm.models.tiny import TinyBackbone, build_tiny_backbone
 from dcm.tracking import log_metrics
-from dcm.world.grammar import Prompt, all_prompts
+from dcm.splits import TRAIN_SEED_END, toy_items
+from dcm.world.grammar import COLORS, DIRECTIONS, SHAPES, TEXTURES, Prompt, all_prompts
 from dcm.world.metrics import evaluate_video
 from dcm.world.render import render_batch, to_video
 
 log = logging.getLogger(__name__)
 
-HELDOUT_SEED_BASE = 2**31  # training seeds are drawn below, evaluation seeds start here
 CHECKPOINT = "checkpoint.pt"
+VALIDATION_LOG = "validation.csv"
+TRAINING_SWAP_SIGMAS = (0.7, 1.0)  # where the checks during training run the prompt-swap probe
 FINGERPRINT_KEYS = ("world", "flow", "model.backbone", "model.tiny", "teacher")
 # Settings that do not change what the steps taken so far learned: raising teacher.steps
 # continues a run (with the cosine schedule stretched to the new length).
 FINGERPRINT_IGNORE = ("teacher.steps", "teacher.checkpoint_every", "teacher.eval_every", "teacher.eval_prompts",
                       "teacher.eval_sample_steps", "teacher.eval_guidance_scale")
-
-
-def heldout_set(videos: int, seed: int = 0) -> list[tuple[Prompt, int]]:
-    """``videos`` (prompt, seed) pairs: every prompt in turn (shuffled), seeds never trained on."""
-    prompts = all_prompts()
-    order = np.random.default_rng(seed).permutation(len(prompts))
-    return [(prompts[order[i % len(prompts)]], HELDOUT_SEED_BASE + seed * 100_000 + i) for i in range(videos)]
 
 
 class PromptTable:
@@ -68,6 +64,7 @@ class PromptTable:
 class TrainState:
     step: int = 0
     seconds: float = 0.0
+    validation: list[dict] = field(default_factory=list)  # one row per check: step, minutes, accuracies
 
 
 def lr_lambda(params: Params):
@@ -87,14 +84,14 @@ def training_batch(params: Params, table: PromptTable, step: int) -> tuple[torch
     t = params.teacher
     gen = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
     idx = torch.randint(len(table.prompts), (t.batch_size,), generator=gen).tolist()
-    seeds = torch.randint(HELDOUT_SEED_BASE, (t.batch_size,), generator=gen).tolist()
+    seeds = torch.randint(TRAIN_SEED_END, (t.batch_size,), generator=gen).tolist()
     prompts = [table.prompts[i] for i in idx]
     x0 = render_batch(prompts, seeds, params.world.to_config())
     drop = torch.rand(t.batch_size, generator=gen) < t.caption_dropout
     text = table.embeddings[[table.empty if d else i for i, d in zip(idx, drop.tolist(), strict=True)]]
     noise = torch.randn(x0.shape, generator=gen)
     sigma = flow.sample_training_sigmas(
-        t.batch_size, params.flow.shift, logit_normal=t.timestep_sampling == "logit_normal",
+        t.batch_size, t.train_shift or params.flow.shift, logit_normal=t.timestep_sampling == "logit_normal",
         mean=t.logit_mean, std=t.logit_std, generator=gen,
     )
     return x0, text, noise, sigma
@@ -153,6 +150,63 @@ def denoising_accuracy(backbone: TinyBackbone, transformer: torch.nn.Module, ite
     return rows
 
 
+SWAP_ATTRIBUTES = {"color": tuple(COLORS), "shape": SHAPES, "direction": tuple(DIRECTIONS), "texture": TEXTURES}
+
+
+def swapped(prompt: Prompt, attribute: str) -> Prompt:
+    """``prompt`` with one word replaced by the next value of its attribute."""
+    values = SWAP_ATTRIBUTES[attribute]
+    current = getattr(prompt, attribute)
+    return replace(prompt, **{attribute: values[(values.index(current) + 1) % len(values)]})
+
+
+@torch.no_grad()
+def prompt_swap_probe(backbone: TinyBackbone, transformer: torch.nn.Module, items: list[tuple[Prompt, int]],
+                      params: Params, sigmas: list[float], batch_size: int = 16) -> list[dict[str, float]]:
+    """What the teacher listens to: noise each video to ``sigma``, take the one-step estimate
+    ``x0 = x_sigma - sigma * v`` under its prompt and under the prompt with one word swapped,
+    and report the mean absolute change per attribute (model space, [-1, 1]). A word the model
+    ignores moves the estimate by ~0; :func:`ideal_swap_gap` is what an exact model moves at sigma 1."""
+    prompts = [p for p, _ in items]
+    x0 = render_batch(prompts, [s for _, s in items], params.world.to_config())
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(params.teacher_eval.seed))
+    transformer.eval()
+
+    def estimate(x_sigma: torch.Tensor, texts: list[str], sigma: float) -> torch.Tensor:
+        out = []
+        for i in range(0, len(texts), batch_size):
+            part = slice(i, i + batch_size)
+            text = backbone.encode_prompts(texts[part])
+            sigma_batch = torch.full((text.shape[0],), sigma)
+            out.append(x_sigma[part] - sigma * backbone.velocity(transformer, x_sigma[part], sigma_batch, text))
+        return torch.cat(out)
+
+    rows = []
+    for sigma in sigmas:
+        x_sigma = flow.add_noise(x0, noise, torch.tensor(sigma))
+        base = estimate(x_sigma, [p.text for p in prompts], sigma)
+        row = {"sigma": sigma}
+        for attribute in SWAP_ATTRIBUTES:
+            other = estimate(x_sigma, [swapped(p, attribute).text for p in prompts], sigma)
+            row[attribute] = float((other - base).abs().mean())
+        rows.append(row)
+    return rows
+
+
+def ideal_swap_gap(items: list[tuple[Prompt, int]], params: Params, renders: int = 128) -> dict[str, float]:
+    """The swap probe's value at sigma 1 for an exact model: there the best estimate is the
+    conditional mean ``E[x0 | prompt]``, estimated here from ``renders`` training seeds."""
+    world = params.world.to_config()
+    seeds = list(range(renders))
+
+    def mean_video(prompt: Prompt) -> torch.Tensor:
+        return render_batch([prompt] * renders, seeds, world).mean(0)
+
+    prompts = list(dict.fromkeys(p for p, _ in items))[:8]
+    return {attribute: float(np.mean([(mean_video(swapped(p, attribute)) - mean_video(p)).abs().mean().item()
+                                      for p in prompts])) for attribute in SWAP_ATTRIBUTES}
+
+
 def train_teacher(params: Params, out_dir: Path) -> TinyBackbone:
     """Train (or resume) the teacher; write checkpoints to ``out_dir`` and the EMA model to
     ``out_dir / 'model'``. Returns the backbone holding the EMA weights."""
@@ -180,7 +234,7 @@ def train_teacher(params: Params, out_dir: Path) -> TinyBackbone:
         log.info("resuming teacher training from %s at step %d", ckpt_path, state.step)
     model, optimizer = accelerator.prepare(model, optimizer)
     table = PromptTable(backbone)
-    eval_items = heldout_set(t.eval_prompts, seed=t.seed + 7)
+    eval_items = toy_items("validation", t.eval_prompts)
 
     def save() -> None:
         if accelerator.is_main_process:
@@ -221,7 +275,12 @@ def train_teacher(params: Params, out_dir: Path) -> TinyBackbone:
         if accelerator.is_main_process and (state.step % t.eval_every == 0 or state.step == t.steps):
             videos = sample_videos(backbone, ema, eval_items, params, t.eval_sample_steps, t.eval_guidance_scale)
             acc = accuracy(videos, eval_items, params)
-            log_metrics({**acc, "train_minutes": state.seconds / 60}, step=state.step)
+            swap = {f"swap_{k}@{row['sigma']}": v for row in prompt_swap_probe(
+                backbone, ema, eval_items[:16], params, list(TRAINING_SWAP_SIGMAS)) for k, v in row.items() if k != "sigma"}
+            log_metrics({**acc, **swap, "train_minutes": state.seconds / 60}, step=state.step)
+            state.validation.append({"step": state.step, "train_minutes": round(state.seconds / 60, 2), **acc, **swap})
+            write_csv(out_dir / VALIDATION_LOG, state.validation)
+            save()
             bar.write(f"step {state.step}: " + ", ".join(f"{k}={v:.2f}" for k, v in acc.items())
                       + f" ({state.seconds / 60:.1f} min)")
     bar.close()

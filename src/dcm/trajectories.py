@@ -27,12 +27,12 @@ from dcm.io import atomic_path, write_json
 from dcm.models.base import Backbone
 from dcm.prompts import read_prompts
 from dcm.sampling import initial_noise
+from dcm.splits import distill_seeds
 from dcm.world.grammar import all_prompts
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-DISTILL_SEED_BASE = 2**30  # distillation seeds: inside the training range, apart from the teacher's usual draws
 
 
 class TrajectoryError(RuntimeError):
@@ -67,7 +67,7 @@ def prompt_set(params: Params) -> list[tuple[str, int]]:
         toy = all_prompts()
         order = np.random.default_rng(t.seed).permutation(len(toy))
         prompts = [toy[i].text for i in order]
-    return [(prompts[i % len(prompts)], DISTILL_SEED_BASE + t.seed * 1_000_000 + i) for i in range(t.videos)]
+    return [(prompts[i % len(prompts)], seed) for i, seed in enumerate(distill_seeds(t.videos, t.seed))]
 
 
 def _sha256(path: Path) -> str:

@@ -36,6 +36,8 @@ class TinyBackbone(Backbone):
     text_encoder: UMT5EncoderModel
     tokenizer: PreTrainedTokenizerFast
     max_length: int
+    coordinate_channels: bool = False
+    prediction: str = "velocity"
 
     kind = "tiny"
     # What the parameter-efficient detail expert copies: Wan's timestep path (time embedder and
@@ -67,7 +69,14 @@ class TinyBackbone(Backbone):
 
     def velocity(self, transformer: torch.nn.Module, latents: torch.Tensor, sigma: torch.Tensor,
                  text: torch.Tensor) -> torch.Tensor:
-        return wan_velocity(transformer, latents, sigma, text)
+        """The flow velocity, whatever the recipe: coordinates go in as extra channels, and a
+        clean-sample output ``x0`` becomes ``(x_sigma - x0) / sigma`` (sigma floored, as JiT does)."""
+        inputs = torch.cat([latents, coordinate_channels(latents)], 1) if self.coordinate_channels else latents
+        out = wan_velocity(transformer, inputs, sigma, text)
+        if self.prediction == "sample":
+            s = torch.as_tensor(sigma, dtype=out.dtype, device=out.device).expand(out.shape[0])
+            return (latents - out) / s.clamp(min=SAMPLE_PREDICTION_SIGMA_FLOOR).view(-1, 1, 1, 1, 1)
+        return out
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **_) -> TinyBackbone:
@@ -78,7 +87,24 @@ class TinyBackbone(Backbone):
         (transformer or self.transformer).save_pretrained(path / "transformer")
         self.text_encoder.save_pretrained(path / "text_encoder")
         self.tokenizer.save_pretrained(path / "tokenizer")
-        (path / "backbone.json").write_text(json.dumps({"kind": self.kind, "max_length": self.max_length}) + "\n")
+        info = {"kind": self.kind, "max_length": self.max_length, "coordinate_channels": self.coordinate_channels,
+                "prediction": self.prediction}
+        (path / "backbone.json").write_text(json.dumps(info) + "\n")
+
+
+# A clean-sample prediction divides by sigma to give a velocity; below this sigma the division
+# is floored (Li & He, arXiv 2511.13720, clip the same denominator at 0.05).
+SAMPLE_PREDICTION_SIGMA_FLOOR = 0.05
+
+
+def coordinate_channels(latents: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, T, H, W)``: frame, row and column of every position, each in [-1, 1]. The stock
+    transformer sees positions only through RoPE (relative) in self-attention, so without these
+    it cannot place an object, or order frames, when its input is pure noise."""
+    b, _, t, h, w = latents.shape
+    axes = [torch.linspace(-1, 1, n, dtype=latents.dtype, device=latents.device) for n in (t, h, w)]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))
+    return grid.expand(b, -1, -1, -1, -1)
 
 
 def _build_tokenizer(max_length: int) -> PreTrainedTokenizerFast:
@@ -132,7 +158,7 @@ def build_tiny_backbone(params: TinyModelParams, seed: int = 0) -> TinyBackbone:
         patch_size=tuple(params.patch_size),
         num_attention_heads=params.num_attention_heads,
         attention_head_dim=params.attention_head_dim,
-        in_channels=3,
+        in_channels=6 if params.coordinate_channels else 3,
         out_channels=3,
         text_dim=params.text_dim,
         freq_dim=params.freq_dim,
@@ -142,7 +168,8 @@ def build_tiny_backbone(params: TinyModelParams, seed: int = 0) -> TinyBackbone:
     )
     if params.init == "adaln_zero":
         adaln_zero_init(transformer)
-    return TinyBackbone(transformer, text_encoder, tokenizer, params.text_max_length)
+    return TinyBackbone(transformer, text_encoder, tokenizer, params.text_max_length,
+                        params.coordinate_channels, params.prediction)
 
 
 def load_tiny_backbone(path: str | Path) -> TinyBackbone:
@@ -153,4 +180,5 @@ def load_tiny_backbone(path: str | Path) -> TinyBackbone:
     transformer = WanTransformer3DModel.from_pretrained(path / "transformer")
     text_encoder = UMT5EncoderModel.from_pretrained(path / "text_encoder").eval().requires_grad_(False)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(path / "tokenizer")
-    return TinyBackbone(transformer, text_encoder, tokenizer, int(info["max_length"]))
+    return TinyBackbone(transformer, text_encoder, tokenizer, int(info["max_length"]),
+                        bool(info.get("coordinate_channels", False)), info.get("prediction", "velocity"))
