@@ -19,9 +19,11 @@ import time
 from pathlib import Path
 
 from dcm.config import load_params
-from dcm.distill.experts import ParameterEfficientExpert, count_parameters
+from dcm.experts import ParameterEfficientExpert, count_parameters
 from dcm.models import build_tiny_backbone, load_backbone
-from dcm.pipeline import run_distill, run_trajectories
+from dcm.layout import Layout
+from dcm.pipeline.distill import run_distill
+from dcm.pipeline.trajectories import run_trajectories
 
 
 def main() -> None:
@@ -39,17 +41,19 @@ def main() -> None:
         overrides["trajectories"] = {"videos": args.videos}
     params = params.with_overrides(overrides)
     work = Path(tempfile.mkdtemp(prefix="dcm-bench-"))
+    layout = Layout(work)
+    teacher_dir = layout.teacher_model
     if args.teacher == "random":
-        teacher_dir = work / "teacher"
         build_tiny_backbone(params.model.tiny, seed=params.teacher.seed).save_pretrained(teacher_dir)
     else:
-        teacher_dir = (root / args.teacher).resolve()
+        teacher_dir.parent.mkdir(parents=True)
+        teacher_dir.symlink_to((root / args.teacher).resolve())
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
     os.chdir(work)
     try:
         rows, total = [], 0.0
         tick = time.perf_counter()
-        run_trajectories(params, teacher_dir, Path("artifacts/trajectories"))
+        run_trajectories(params, layout)
         seconds = time.perf_counter() - tick
         total += seconds
         videos = params.trajectories.videos
@@ -58,7 +62,7 @@ def main() -> None:
         for stage in ("semantic", "detail", "lcm", "pcm"):
             staged = params.with_overrides({stage: {"steps": args.steps}}) if args.steps else params
             tick = time.perf_counter()
-            info = run_distill(staged, stage, teacher_dir, Path("artifacts/trajectories"), Path("artifacts") / stage)
+            info = run_distill(staged, stage, layout)
             seconds = time.perf_counter() - tick
             total += seconds
             kind = "PE" if info["kind"] == "pe" else "full"

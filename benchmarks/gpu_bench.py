@@ -6,9 +6,9 @@ at Wan2.1-1.3B size, and the inference memory of the PE detail expert against OD
 
 A randomly initialised ``WanTransformer3DModel`` with the released Wan2.1-T2V-1.3B config (speed and
 memory do not depend on the weights), in bf16, on latents of an 81x480x832 video. The teacher runs
-the cond and uncond branches as one batch of 2 (as ``dcm.sampling.guided`` does); the DCM student
+the cond and uncond branches as one batch of 2 (as ``dcm.guidance.guided`` does); the DCM student
 runs guidance 1 at batch 1: semantic steps on the base (PE adapters attached, switched off, as
-``dcm.students.sample`` runs them) and detail steps with the PE expert fused into the base.
+``dcm.sampling.sample`` runs them) and detail steps with the PE expert fused into the base.
 Latency is the median of ``--repeats`` CUDA-synchronised steps after ``--warmup``; memory is
 ``torch.cuda.max_memory_allocated`` over those steps (CUDA only).
 """
@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from diffusers import WanTransformer3DModel
 
-from dcm.distill.experts import ParameterEfficientExpert
+from dcm.experts import ParameterEfficientExpert
 from dcm.models.wan import WAN_TIMESTEP_LAYERS
 
 #: Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json; 81x480x832 -> 21x60x104 latents (VAE 4x8x8)

@@ -20,10 +20,11 @@ from pathlib import Path
 
 from dcm.config import load_params
 from dcm.models import load_backbone
-from dcm.pipeline import TEACHER_DIR
-from dcm.prompts import sample_prompts
-from dcm.students import load_generator, sample
-from dcm.trajectories import latent_shape
+from dcm.data.prompts import sample_items
+from dcm.data.trajectories import latent_shape
+from dcm.layout import Layout
+from dcm.sampling import sample
+from dcm.students import load_sampler
 
 
 def main() -> None:
@@ -38,11 +39,11 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params(args.params)
-    backbone = load_backbone(TEACHER_DIR / "model")
-    prompts, seeds = sample_prompts(params)
+    backbone = load_backbone(Layout().teacher_model)
+    prompts, seeds, _ = sample_items(params)
     prompts, seeds = prompts[:args.batch], seeds[:args.batch]
     shape = latent_shape(params, backbone)
-    generators = {(m, k): load_generator(m, k, backbone, params, Path("artifacts"))
+    generators = {(m, k): load_sampler(m, k, backbone, params)
                   for m in args.methods for k in args.steps}
 
     def timed(gen) -> float:
@@ -73,7 +74,7 @@ def main() -> None:
             print(f"  dcm/lcm per-step cost at {k} steps: {median['dcm', k] / median['lcm', k]:.3f} "
                   f"(median of per-round ratios {statistics.median(paired):.3f})")
     if args.teacher_rounds:
-        teacher = load_generator("teacher", params.flow.steps, backbone, params)
+        teacher = load_sampler("teacher", params.flow.steps, backbone, params)
         timed(teacher)
         t = statistics.median(timed(teacher) for _ in range(args.teacher_rounds))
         print(f"  teacher@{params.flow.steps} {t:.4f} s per video")

@@ -18,10 +18,12 @@ from pathlib import Path
 
 from dcm.config import load_params
 from dcm.models import load_backbone
-from dcm.pipeline import TEACHER_DIR, run_distill
-from dcm.students import load_generator, sample
-from dcm.splits import toy_items
-from dcm.trajectories import latent_shape
+from dcm.layout import Layout
+from dcm.pipeline.distill import run_distill
+from dcm.sampling import sample
+from dcm.students import load_sampler
+from dcm.data.splits import toy_items
+from dcm.data.trajectories import latent_shape
 from dcm.world.metrics import aggregate_scores, evaluate_video
 from dcm.world.render import to_video
 
@@ -39,22 +41,23 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     base = load_params("params.yaml")
-    backbone = load_backbone(TEACHER_DIR / "model")
+    backbone = load_backbone(Layout().teacher_model)
     items = toy_items("heldout", args.videos, 5)
     prompts, seeds = [p.text for p, _ in items], [s for _, s in items]
     results: dict[str, list[dict]] = {}
     for gf in (setting == "on" for setting in args.gf):
         for seed in args.seeds:
             params = base.with_overrides({"distill": {"seed": seed}, "ablation": {"gf": gf}})
-            artifacts = args.out / f"gf{int(gf)}_seed{seed}" / "artifacts"
-            artifacts.mkdir(parents=True, exist_ok=True)
-            if not (artifacts / "semantic").exists():
-                os.symlink(Path("artifacts/semantic").resolve(), artifacts / "semantic")
-            run_distill(params, "detail", out_dir=artifacts / "detail")
+            layout = Layout(args.out / f"gf{int(gf)}_seed{seed}")  # its own detail expert, the rest shared
+            layout.artifacts.mkdir(parents=True, exist_ok=True)
+            for shared in ("teacher", "trajectories", "semantic"):
+                if not (layout.artifacts / shared).exists():
+                    os.symlink((Layout().artifacts / shared).resolve(), layout.artifacts / shared)
+            run_distill(params, "detail", layout)
             row = {"gf": gf, "seed": seed}
             for steps in args.steps:
-                generator = load_generator("dcm", steps, backbone, params, artifacts)
-                latents = sample(generator, backbone, prompts, seeds, latent_shape(params, backbone))
+                sampler = load_sampler("dcm", steps, backbone, params, layout)
+                latents = sample(sampler, backbone, prompts, seeds, latent_shape(params, backbone))
                 scores = [evaluate_video(to_video(v), p, params.world.to_config())
                           for v, (p, _) in zip(backbone.decode_latents(latents), items, strict=True)]
                 row[f"dcm@{steps}"] = round(aggregate_scores(scores)["total"], 4)

@@ -39,6 +39,13 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
         "model": {"tiny": {"coordinate_channels": True, "prediction": "sample"}}}),
     "x0": ("clean-sample prediction with the velocity loss, no coordinates", {
         "model": {"tiny": {"coordinate_channels": False, "prediction": "sample"}}}),
+    "edge_coords_v": ("world: objects start within 2 px of the edge they move away from; coordinates, velocity", {
+        "world": {"edge_start": 2.0},
+        "model": {"tiny": {"coordinate_channels": True, "prediction": "velocity"}}}),
+    "frame_patch8": ("per-frame 8x8 patches (128 tokens, 192 values each), 6 layers of width 128, coordinates, "
+                     "clean-sample prediction", {
+        "model": {"tiny": {"patch_size": [1, 8, 8], "num_layers": 6, "coordinate_channels": True,
+                           "prediction": "sample"}}}),
 }
 
 
@@ -55,7 +62,8 @@ def candidate_params(name: str, steps: int, eval_every: int, eval_videos: int):
 
 
 def run(args: argparse.Namespace) -> None:
-    from dcm.teacher import VALIDATION_LOG, train_teacher
+    from dcm.layout import VALIDATION
+    from dcm.teacher.training import train_teacher
     from dcm.tracking import stage_run
 
     torch.set_num_threads(args.threads)
@@ -65,33 +73,48 @@ def run(args: argparse.Namespace) -> None:
     with stage_run(f"teacher_study:{args.name}", params, {"study.candidate": args.name}):
         train_teacher(params, out)
     CURVES_DIR.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(out / VALIDATION_LOG, CURVES_DIR / f"{args.name}.csv")
+    shutil.copyfile(out / VALIDATION, CURVES_DIR / f"{args.name}.csv")
     print(f"{args.name}: done in {(time.perf_counter() - tick) / 60:.1f} min (this call)")
 
 
 def report(_: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     import pandas as pd
 
     from dcm.io import atomic_write_text
+    from dcm.reporting.figures import save_figure
 
+    curves = {name: pd.read_csv(CURVES_DIR / f"{name}.csv") for name in CANDIDATES if (CURVES_DIR / f"{name}.csv").exists()}
+    attributes = ("acc_color", "acc_object_class", "acc_motion_direction", "acc_scene")
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), sharey=True)
+    for ax, attribute in zip(axes, attributes, strict=True):
+        for name, frame in curves.items():
+            ax.plot(frame.step, frame[attribute], "o-", ms=3, label=name)
+        ax.set_title(attribute.removeprefix("acc_"))
+        ax.set_xlabel("training step")
+        ax.set_ylim(-0.02, 1.02)
+    axes[0].set_ylabel("validation accuracy (48 videos, 20 steps, CFG 3)")
+    axes[-1].legend(fontsize=7)
+    save_figure(fig, REPORT.with_suffix(".png"))
     lines = ["# Teacher recipe study", "",
              "Each candidate is `params.yaml` plus its overrides, trained from scratch by the `teacher` stage's",
-             "code for the same number of steps (batch 32, cosine schedule over the budget), one thread per run,",
-             "two runs side by side. Every check samples 48 *validation* videos (seeds never used for training",
-             "or for the held-out report) with 20 Euler steps and CFG 3 and scores them per attribute.",
-             "`swap_<word>@<sigma>`: the prompt-swap probe (mean |change| of the one-step x0 estimate when one",
-             "word is swapped); an exact model moves it at sigma 1 by about color 0.09, direction 0.07,",
-             "shape 0.004, texture 0.007.", ""]
-    for name, (what, overrides) in CANDIDATES.items():
-        curve = CURVES_DIR / f"{name}.csv"
-        if not curve.exists():
-            continue
-        frame = pd.read_csv(curve)
+             "code (batch 32, cosine schedule over the budget), one thread per run, two runs side by side. Every",
+             "check samples 48 *validation* videos (seeds never used for training or for the held-out report)",
+             "with 20 Euler steps and CFG 3 and scores them per attribute. `swap_<word>@<sigma>`: the prompt-swap",
+             "probe (mean |change| of the one-step x0 estimate when one word is swapped); an exact model moves it",
+             "at sigma 1 by about color 0.09, direction 0.07, shape 0.005, texture 0.007.", "",
+             "![validation accuracy by training step](teacher_recipe.png)", ""]
+    for name, frame in curves.items():
+        what, overrides = CANDIDATES[name]
+        flat = yaml.safe_dump(overrides, default_flow_style=True, width=1000).strip()
         lines += [f"## `{name}`: {what}", "",
-                  f"`python benchmarks/teacher_study.py run {name}` (overrides: `{yaml.safe_dump(overrides, default_flow_style=True).strip()}`)", "",
+                  f"`python benchmarks/teacher_study.py run {name} --steps 3000` (overrides: `{flat}`)", "",
                   frame.to_markdown(index=False, floatfmt=".3f"), ""]
     atomic_write_text(REPORT, "\n".join(lines) + "\n")
-    print(f"wrote {REPORT}")
+    print(f"wrote {REPORT} and {REPORT.with_suffix('.png')}")
 
 
 def main(argv: list[str]) -> None:

@@ -2,7 +2,7 @@
 """Set up ``.venv`` in the repository root and run the main job or the tests.
 
     python3 scripts/bootstrap.py repro   # install, then `dvc repro` on the embedded default
-    python3 scripts/bootstrap.py test    # install, then the test suite
+    python3 scripts/bootstrap.py test    # install (and Debian's chromium, for the MLflow UI test), then the tests
 
 Needs nothing but Python 3.10+. Versions come from constraints.txt (the tested set); torch
 and torchvision are pinned to releases that import together. ``vbench`` is installed without
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -54,6 +55,22 @@ def install() -> None:
     STAMP.write_text(digest + "\n")
 
 
+def install_chromium() -> None:
+    """Debian's chromium, for the test that looks at the MLflow UI (skipped, saying so, without it)."""
+    if shutil.which("chromium") or shutil.which("chromium-browser"):
+        return
+    apt = shutil.which("apt-get")
+    if apt is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        print("bootstrap: chromium is not installed and cannot be installed here (needs apt-get as root); "
+              "the MLflow UI test will be skipped", flush=True)
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", "chromium"]):
+        if subprocess.run(cmd, env=env).returncode != 0:
+            print("bootstrap: installing chromium failed; the MLflow UI test will be skipped", flush=True)
+            return
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0] not in ("repro", "test"):
         print(__doc__)
@@ -62,6 +79,7 @@ def main(argv: list[str]) -> int:
     if argv[0] == "repro":
         run(BIN / "dvc", "repro")
     else:
+        install_chromium()
         run(BIN / "python", "-m", "pytest", "-q", "tests")
     return 0
 

@@ -3,8 +3,9 @@
 import logging
 
 from dcm.config import load_params
-from dcm.pipeline import run_evaluate
+from dcm.errors import run_reporting_user_errors
+from dcm.pipeline.evaluate import run_evaluate
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_evaluate(load_params("params.yaml"))
+    run_reporting_user_errors(lambda: run_evaluate(load_params("params.yaml")))

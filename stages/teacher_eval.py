@@ -3,8 +3,9 @@
 import logging
 
 from dcm.config import load_params
-from dcm.pipeline import run_teacher_eval
+from dcm.errors import run_reporting_user_errors
+from dcm.pipeline.teacher_eval import run_teacher_eval
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_teacher_eval(load_params("params.yaml"))
+    run_reporting_user_errors(lambda: run_teacher_eval(load_params("params.yaml")))

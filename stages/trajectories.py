@@ -3,11 +3,16 @@
 import logging
 
 from dcm.config import load_params
+from dcm.errors import run_reporting_user_errors
 from dcm.launch import relaunch
-from dcm.pipeline import run_trajectories
+from dcm.pipeline.trajectories import run_trajectories
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    params = load_params("params.yaml")
-    relaunch(params)  # under `accelerate launch` when launch.* asks for it
-    run_trajectories(params)
+
+    def main() -> None:
+        params = load_params("params.yaml")
+        relaunch(params)  # under `accelerate launch` when launch.* asks for it
+        run_trajectories(params)
+
+    run_reporting_user_errors(main)

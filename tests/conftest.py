@@ -1,4 +1,6 @@
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -24,20 +26,23 @@ def world():
     return Params().world.to_config()
 
 
+MICRO = {
+    "model": {"tiny": {"num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 16, "ffn_dim": 32,
+                       "freq_dim": 16, "text_dim": 16, "text_layers": 1, "text_heads": 1}},
+    "teacher": {"steps": 6, "batch_size": 2, "warmup_steps": 2, "checkpoint_every": 3, "eval_every": 6,
+                "eval_prompts": 2, "eval_sample_steps": 2},
+    "teacher_eval": {"videos": 3, "batch_size": 2},
+    "flow": {"steps": 4},
+    "boundary": 2,
+    "sample": {"steps": [2, 4], "videos": 2, "batch_size": 2, "latency_batch": 1, "latency_repeats": 1,
+               "latency_min_seconds": 0},
+}
+
+
 @pytest.fixture
 def micro_params() -> Params:
     """A model and schedule small enough to train a few steps in seconds."""
-    return parse_params({
-        "model": {"tiny": {"num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 16, "ffn_dim": 32,
-                           "freq_dim": 16, "text_dim": 16, "text_layers": 1, "text_heads": 1}},
-        "teacher": {"steps": 6, "batch_size": 2, "warmup_steps": 2, "checkpoint_every": 3, "eval_every": 6,
-                    "eval_prompts": 2, "eval_sample_steps": 2},
-        "teacher_eval": {"videos": 3, "batch_size": 2},
-        "flow": {"steps": 4},
-        "boundary": 2,
-        "sample": {"steps": [2, 4], "videos": 2, "batch_size": 2, "latency_batch": 1, "latency_repeats": 1,
-                   "latency_min_seconds": 0},
-    })
+    return parse_params(MICRO)
 
 
 MICRO_DISTILL = {
@@ -59,12 +64,30 @@ def micro_distill(micro_params) -> Params:
     return with_overrides(micro_params, MICRO_DISTILL)
 
 
-@pytest.fixture
-def workspace(tmp_path, monkeypatch, micro_distill):
-    """A working directory holding a (random, untrained) micro teacher, as stages expect it."""
-    from dcm.models.tiny import build_tiny_backbone
+@pytest.fixture(scope="session")
+def micro_teacher(tmp_path_factory) -> Path:
+    """A micro teacher trained for 30 steps: its velocity is far from zero (adaLN-Zero starts at
+    exactly zero, which would make every trajectory constant and every distillation loss zero), so
+    what is built on it can fail."""
+    import torch
 
+    from dcm.teacher.training import train_teacher
+
+    params = parse_params({**MICRO, "teacher": {**MICRO["teacher"], "steps": 30, "batch_size": 4, "eval_every": 1000}})
+    out = tmp_path_factory.mktemp("micro_teacher")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_teacher(params, out)
+    finally:
+        torch.set_num_threads(threads)
+    return out / "model"
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch, micro_teacher):
+    """A working directory holding the trained micro teacher, as the stages expect it."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    build_tiny_backbone(micro_distill.model.tiny).save_pretrained(tmp_path / "artifacts/teacher/model")
+    shutil.copytree(micro_teacher, tmp_path / "artifacts/teacher/model")
     return tmp_path

@@ -7,12 +7,11 @@ stage creates afterwards shares that state, so the trainer's FSDP branches run a
 shard, transformer-block units, full state dict, ``use_orig_params``), minus bf16, NCCL and
 the initial weight broadcast.
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/fsdp_on_cpu.py STAGE OUT_DIR fsdp|ddp
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/fsdp_on_cpu.py STAGE fsdp|ddp
 """
 
 import os
 import sys
-from pathlib import Path
 
 os.environ["ACCELERATE_USE_CPU"] = "true"
 
@@ -23,10 +22,10 @@ from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin  # 
 
 from dcm.config import load_params  # noqa: E402
 from dcm.launch import FSDP_BLOCKS  # noqa: E402
-from dcm.pipeline import run_distill  # noqa: E402
+from dcm.pipeline.distill import run_distill  # noqa: E402
 
 if __name__ == "__main__":
-    stage, out_dir, mode = sys.argv[1:4]
+    stage, mode = sys.argv[1:3]
     params = load_params("params.yaml")
     Accelerator(cpu=True)  # the process group (gloo) and the shared state
     if mode == "fsdp":
@@ -41,4 +40,4 @@ if __name__ == "__main__":
             state_dict_type="FULL_STATE_DICT", use_orig_params=True, cpu_ram_efficient_loading=False,
             sync_module_states=False,  # its broadcast set-up asks for a GPU; every rank loads the same weights
         )
-    run_distill(params, stage, out_dir=Path(out_dir))
+    run_distill(params, stage)

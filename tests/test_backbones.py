@@ -11,7 +11,8 @@ import torch
 from tiny_checkpoints import VIDEO_SHAPES, make_tiny_checkpoint
 
 from dcm import flow
-from dcm.distill.experts import ParameterEfficientExpert
+from dcm.config import Params
+from dcm.experts import ParameterEfficientExpert
 from dcm.models import BACKBONES, BackboneError, load_backbone
 from dcm.models.base import token_features
 from dcm.models.cogvideox import COGVIDEOX_SUBFOLDERS
@@ -113,7 +114,7 @@ def test_detail_expert_switches_its_lora_and_timestep_layers(backbones, case):
     backbone = backbones[case]
     latents, sigma, text = inputs(backbone)
     expert = ParameterEfficientExpert(copy.deepcopy(backbone.transformer), backbone.timestep_layers, 2, 4.0,
-                                      backbone.lora_targets)
+                                      Params().detail.lora_targets)
     with torch.no_grad():
         for name, p in expert.base.named_parameters():
             if "lora_" in name:

@@ -10,15 +10,17 @@ import time
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
-from dcm.distill.trainer import CHECKPOINT, StudentPlan
+from dcm.distill.trainer import StudentPlan
 from dcm.launch import LAUNCHED_MARKERS
-from dcm.models.tiny import build_tiny_backbone
-from dcm.pipeline import run_distill, run_trajectories
+from dcm.layout import CHECKPOINT
+from dcm.pipeline.distill import run_distill
+from dcm.pipeline.trajectories import run_trajectories
 
 from conftest import with_overrides
 
@@ -36,19 +38,32 @@ def _write_params(params, path="params.yaml"):
     Path(path).write_text(yaml.safe_dump(json.loads(params.model_dump_json())))
 
 
+def _record(stage: str) -> dict:
+    return json.loads((ART / stage / "expert.json").read_text())
+
+
 def test_every_stage_trains_its_student(workspace, micro_distill):
     run_trajectories(micro_distill)
     infos = {stage: run_distill(micro_distill, stage) for stage in ("semantic", "detail", "lcm", "pcm")}
+    records = {stage: _record(stage) for stage in infos}
     n = micro_distill.flow.steps
     k = micro_distill.boundary
-    assert infos["semantic"]["phases"] == [[n, k]] and infos["semantic"]["tc"]
-    assert infos["detail"]["phases"] == [[k, 0]] and infos["detail"]["gf"] and infos["detail"]["kind"] == "pe"
-    assert infos["lcm"]["phases"] == [[n, 0]]
-    assert len(infos["pcm"]["phases"]) == micro_distill.pcm.phases
+    assert records["semantic"]["phases"] == [[n, k]] and infos["semantic"]["tc"]
+    assert records["detail"]["phases"] == [[k, 0]] and infos["detail"]["gf"] and records["detail"]["kind"] == "pe"
+    assert records["lcm"]["phases"] == [[n, 0]]
+    assert len(records["pcm"]["phases"]) == micro_distill.pcm.phases
+    assert all(r["boundary"] == k and r["trained_with"]["boundary"] == k for s, r in records.items() if s != "lcm"
+               and s != "pcm")
     assert infos["detail"]["trainable_parameters"] < infos["detail"]["teacher_parameters"]
-    for stage in ("semantic", "lcm", "pcm"):
-        assert (ART / stage / "model" / "config.json").exists()
-    assert (ART / "detail" / "detail.safetensors").exists()
+    teacher = load_file(str(next(Path("artifacts/teacher/model/transformer").glob("*.safetensors"))))
+    for stage in ("semantic", "lcm", "pcm"):  # every full student moved away from the teacher it started from
+        student = _weights(stage)
+        assert max((student[name] - value).abs().max().item() for name, value in teacher.items()) > 1e-5, stage
+    assert any(v.abs().max() > 0 for name, v in _weights("detail").items() if "lora_B" in name)
+    for stage in infos:  # every student's validation curve: where it started and where it ended
+        curve = pd.read_csv(ART / stage / "validation.csv")
+        assert list(curve.step) == [0, 3 if stage in ("semantic", "detail") else 2], stage
+        assert curve.total.between(0, 1).all()
     runs = mlflow.search_runs(experiment_names=["dcm"])
     detail = runs[runs["tags.dcm.stage"] == "detail"].iloc[0]  # parent runs have no stage tag
     for metric in ("loss_consistency", "loss_g", "loss_d", "loss_fm", "grad_norm"):
@@ -57,14 +72,26 @@ def test_every_stage_trains_its_student(workspace, micro_distill):
     assert semantic["metrics.loss_tc"] >= 0 and semantic["tags.ablation.tc"] == "True"
 
 
+def test_training_lowers_the_consistency_loss_on_a_fixed_batch(workspace, micro_distill):
+    """The probe batch of the bucket figure is the same draw at every probe: its loss falls."""
+    params = with_overrides(micro_distill, {"lcm": {"steps": 30, "lr": 1e-3}, "distill": {"bucket_every": 30}})
+    run_trajectories(params)
+    run_distill(params, "lcm")
+    rows = pd.read_csv(ART / "lcm" / "buckets.csv")
+    before, after = rows[rows.step == 1].loss.mean(), rows[rows.step == 30].loss.mean()
+    print(f"fixed-batch loss {before:.4g} -> {after:.4g}")
+    assert after < 0.8 * before, (before, after)
+
+
 def test_detail_training_is_reproducible_whatever_was_drawn_before(workspace, micro_distill):
     """The LoRA and the discriminator start from the params' seed, not from the global generator."""
     run_trajectories(micro_distill)
     run_distill(micro_distill, "semantic")
-    run_distill(micro_distill, "detail", out_dir=ART / "first")
+    run_distill(micro_distill, "detail")
+    (ART / "detail").rename(ART / "first")
     torch.rand(1000)  # whatever a library draws in between
-    run_distill(micro_distill, "detail", out_dir=ART / "second")
-    first, second = (load_file(str(ART / run / "detail.safetensors")) for run in ("first", "second"))
+    run_distill(micro_distill, "detail")
+    first, second = (load_file(str(ART / run / "detail.safetensors")) for run in ("first", "detail"))
     for name, value in first.items():
         torch.testing.assert_close(second[name], value, rtol=0, atol=0, msg=name)
 
@@ -74,23 +101,38 @@ def test_od_and_gf_switches_change_what_trains(workspace, micro_distill):
     od_only = with_overrides(micro_distill, {"ablation": {"od": True, "pe": False, "tc": False, "gf": False}})
     run_distill(od_only, "semantic")
     info = run_distill(od_only, "detail")
-    assert info["kind"] == "full" and not info["gf"]
+    assert _record("detail")["kind"] == "full" and not info["gf"]
     assert (ART / "detail" / "model" / "config.json").exists()
 
     none = with_overrides(micro_distill, {"ablation": {"od": False, "pe": False, "tc": False, "gf": False}})
     assert StudentPlan.for_stage("detail", none) is None
-    vanilla = run_distill(none, "semantic")
+    run_distill(none, "semantic")
     n, k = micro_distill.flow.steps, micro_distill.boundary
-    assert vanilla["role"] == "vanilla" and vanilla["phases"] == [[n, k], [k, 0]]
-    assert run_distill(none, "detail")["kind"] == "none"
+    assert _record("semantic")["role"] == "vanilla" and _record("semantic")["phases"] == [[n, k], [k, 0]]
+    run_distill(none, "detail")
+    assert _record("detail")["kind"] == "none"
     rows = (ART / "semantic" / "buckets.csv").read_text().splitlines()
     assert rows[0] == "step,bucket,sigma_low,sigma_high,loss,grad_norm" and len(rows) > 2
+
+
+def test_the_g_weight_ramps_up_and_adapts_to_the_consistency_gradient(workspace, micro_distill):
+    params = with_overrides(micro_distill, {"detail": {"g_weighting": "adaptive", "g_warmup_steps": 2}})
+    run_trajectories(params)
+    run_distill(params, "semantic")
+    run_distill(params, "detail")
+    runs = mlflow.search_runs(experiment_names=["dcm"])
+    detail = runs[runs["tags.dcm.stage"] == "detail"].iloc[0]
+    history = [m.value for m in sorted(mlflow.MlflowClient().get_metric_history(detail.run_id, "g_scale"),
+                                       key=lambda m: m.step)]
+    assert len(history) == 3 and history[0] == 0.0  # step 0 of a 2-step ramp
+    assert history[1] > 0 and history[2] > 0 and history[1] != 0.5 * params.detail.g_weight  # not the fixed weight
 
 
 def test_kill_9_then_rerun_ends_with_the_same_weights(workspace, micro_distill):
     params = with_overrides(micro_distill, {"semantic": {"steps": 40}, "distill": {"checkpoint_every": 5}})
     run_trajectories(params)
-    run_distill(params, "semantic", out_dir=ART / "straight")
+    run_distill(params, "semantic")
+    (ART / "semantic").rename(ART / "straight")
     straight = load_file(str(next((ART / "straight" / "model").glob("*.safetensors"))))
 
     _write_params(params)
@@ -109,7 +151,7 @@ def test_kill_9_then_rerun_ends_with_the_same_weights(workspace, micro_distill):
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     resumed = _weights("semantic")
     # the training clock is carried through the checkpoint: the figure covers the whole run
-    assert json.loads((ART / "semantic" / "expert.json").read_text())["seconds_per_step"] > 0
+    assert _record("semantic")["summary"]["seconds_per_step"] > 0
     for name, value in straight.items():
         torch.testing.assert_close(resumed[name], value, msg=name)
 
@@ -157,13 +199,16 @@ def test_two_cpu_processes_through_the_launch_params(workspace, micro_distill):
     assert sorted(stages["tags.dcm.stage"]) == ["semantic", "trajectories"]  # one run each: main process only
 
 
-def _torchrun_harness(stage: str, out_dir: Path, mode: str) -> None:
+def _torchrun_harness(stage: str, mode: str, keep_as: str | None = None) -> None:
+    """Train ``stage`` into artifacts/<stage> in two processes, then rename the folder ``keep_as``."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHED_MARKERS}
     env.update(PYTHONPATH=str(ROOT / "src"), PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests" / "fsdp_on_cpu.py"), stage, str(out_dir), mode]
+           str(ROOT / "tests" / "fsdp_on_cpu.py"), stage, mode]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    if keep_as:
+        (ART / stage).rename(ART / keep_as)
 
 
 def test_fsdp_trains_what_data_parallelism_trains_and_resumes_from_its_shards(workspace, micro_distill):
@@ -173,7 +218,7 @@ def test_fsdp_trains_what_data_parallelism_trains_and_resumes_from_its_shards(wo
     run_trajectories(micro_distill)
     _write_params(micro_distill)
     for mode in ("ddp", "fsdp"):
-        _torchrun_harness("semantic", ART / f"semantic_{mode}", mode)
+        _torchrun_harness("semantic", mode, keep_as=f"semantic_{mode}")
     assert {p.name for p in (ART / "semantic_fsdp").glob("optimizer-rank*.pt")} == {"optimizer-rank0.pt",
                                                                                     "optimizer-rank1.pt"}
     ddp, fsdp = (load_file(str(ART / f"semantic_{m}" / "model" / "diffusion_pytorch_model.safetensors"))
@@ -183,12 +228,12 @@ def test_fsdp_trains_what_data_parallelism_trains_and_resumes_from_its_shards(wo
         torch.testing.assert_close(fsdp[name], value, atol=1e-6, rtol=1e-5, msg=name)
 
     shutil.copytree(ART / "semantic_fsdp", ART / "semantic")
-    _torchrun_harness("detail", ART / "detail_ddp", "ddp")
+    _torchrun_harness("detail", "ddp", keep_as="detail_ddp")
     _write_params(with_overrides(micro_distill, {"detail": {"steps": 2}}))
-    _torchrun_harness("detail", ART / "detail_fsdp", "fsdp")  # stops at its step-2 checkpoint
-    assert (ART / "detail_fsdp" / "optimizer-rank1.pt").exists()
+    _torchrun_harness("detail", "fsdp")  # stops at its step-2 checkpoint
+    assert (ART / "detail" / "optimizer-rank1.pt").exists()
     _write_params(micro_distill)
-    _torchrun_harness("detail", ART / "detail_fsdp", "fsdp")  # continues from the shards to step 3
+    _torchrun_harness("detail", "fsdp", keep_as="detail_fsdp")  # continues from the shards to step 3
     ddp, fsdp = (load_file(str(ART / f"detail_{m}" / "detail.safetensors")) for m in ("ddp", "fsdp"))
     assert any(".lora_A." in name for name in ddp) and fsdp.keys() == ddp.keys()
     for name, value in ddp.items():
@@ -198,8 +243,6 @@ def test_fsdp_trains_what_data_parallelism_trains_and_resumes_from_its_shards(wo
 def test_bf16_autocast_keeps_fp32_master_weights_and_checkpointing_changes_no_result(workspace, micro_distill):
     """`distill.mixed_precision: bf16` computes in bf16 (the weights move differently) but keeps and
     saves fp32 weights; `distill.gradient_checkpointing` recomputes activations and learns the same."""
-    micro_distill = with_overrides(micro_distill, {"model": {"tiny": {"init": "default"}}})  # a non-zero teacher
-    build_tiny_backbone(micro_distill.model.tiny).save_pretrained(Path("artifacts/teacher/model"))
     run_trajectories(micro_distill)
     runs = {"fp32": {}, "bf16": {"mixed_precision": "bf16"}, "checkpointed": {"gradient_checkpointing": True}}
     weights = {}

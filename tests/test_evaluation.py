@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from dcm.evaluation import psnr, ssim, vbench_availability, vbench_scores
+from dcm.evaluation import psnr, ssim, vbench_plan, vbench_scores
 from dcm.io import write_manifest, write_mp4
-from dcm.pipeline import run_evaluate
+from dcm.layout import Layout
+from dcm.pipeline.evaluate import run_evaluate
 from dcm.world import render_video
 
 
@@ -20,19 +21,19 @@ def test_psnr_and_ssim_reward_closeness(world):
     assert 1.0 > ssim(video, noisy) > ssim(video, noisier)
 
 
-def test_missing_vbench_weights_are_named_with_their_paths(tmp_path, monkeypatch):
+def test_vbench_runs_the_suites_prompts_in_standard_mode_and_others_in_custom_input_mode(tmp_path, monkeypatch):
     monkeypatch.setenv("VBENCH_CACHE_DIR", str(tmp_path))
-    present, missing = vbench_availability()
-    assert present == ["temporal_flickering"]
-    assert str(tmp_path / "amt_model/amt-s.pth") in missing["motion_smoothness"]
-    (tmp_path / "amt_model").mkdir()
-    (tmp_path / "amt_model/amt-s.pth").write_bytes(b"x")
-    assert "motion_smoothness" in vbench_availability()[0]
+    mode, present, missing = vbench_plan("vbench:temporal_flickering")
+    assert mode == "standard" and "temporal_flickering" in present and "scene" in missing
+    mode, present, missing = vbench_plan(None)
+    assert mode == "custom_input" and "scene" not in present and "scene" not in missing  # refused in that mode
+    assert any(str(tmp_path / "amt_model/amt-s.pth") in need for need in missing["motion_smoothness"])
 
 
-def test_vbench_totals_cover_only_the_dimensions_present():
+def test_vbench_totals_cover_only_the_dimensions_present_and_say_so():
     scores = vbench_scores({"temporal_flickering": 1.0})
-    assert scores == {"vbench_quality": 1.0, "vbench_dimensions": "temporal_flickering"}
+    assert scores == {"vbench_quality": 1.0, "vbench_semantic": None, "vbench_total": None,
+                      "vbench_dimensions": "temporal_flickering", "vbench_partial": True}
 
 
 def _folder(root, key, method, steps, world, count=2):
@@ -47,17 +48,18 @@ def _folder(root, key, method, steps, world, count=2):
 def test_bad_sample_folders_fail_before_scoring(tmp_path, micro_params, world, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     params = micro_params.with_overrides({"sample": {"methods": ["teacher", "lcm"], "steps": [2]}})
-    samples = tmp_path / "samples"
+    layout = Layout(tmp_path)
+    samples = layout.samples
     with pytest.raises(FileNotFoundError, match="latency.json"):
-        run_evaluate(params, samples, tmp_path / "m.json", tmp_path / "e")
-    samples.mkdir()
+        run_evaluate(params, layout)
+    samples.mkdir(parents=True)
     (samples / "latency.json").write_text(json.dumps({}))
     _folder(samples, "teacher@4", "teacher", 4, world)
     with pytest.raises(FileNotFoundError, match="lcm@2"):
-        run_evaluate(params, samples, tmp_path / "m.json", tmp_path / "e")
+        run_evaluate(params, layout)
     _folder(samples, "lcm@2", "pcm", 2, world)
     with pytest.raises(ValueError, match="another method"):
-        run_evaluate(params, samples, tmp_path / "m.json", tmp_path / "e")
+        run_evaluate(params, layout)
     (samples / "lcm@2" / "manifest.jsonl").write_text("")
     with pytest.raises(ValueError, match="no videos"):
-        run_evaluate(params, samples, tmp_path / "m.json", tmp_path / "e")
+        run_evaluate(params, layout)

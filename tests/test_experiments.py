@@ -21,6 +21,17 @@ def test_boundary_values_from_a_list_or_a_range(text, values):
     assert parse_values(text) == values
 
 
+def test_seed_grid_and_seeds_crossed_with_another_grid():
+    from dcm.config import Params
+    from dcm.experiments import named_grid
+
+    assert named_grid("seeds", None, Params()) == [("seed-0", {"distill.seed": 0}), ("seed-1", {"distill.seed": 1}),
+                                                   ("seed-2", {"distill.seed": 2})]
+    crossed = dict(named_grid("boundary", "30,35", Params(), seeds="0,1"))
+    assert list(crossed) == ["boundary-30-s0", "boundary-30-s1", "boundary-35-s0", "boundary-35-s1"]
+    assert crossed["boundary-35-s1"] == {"boundary": 35, "distill.seed": 1}
+
+
 def test_boundary_outside_the_grid_is_refused_before_queueing():
     from dcm.config import Params
 
@@ -33,6 +44,6 @@ def test_cli_grid_rejects_unknown_grid_and_bad_values(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("{}\n")
     result = runner.invoke(app, ["grid", "sizes", "-p", str(params)])
-    assert result.exit_code == 1 and "unknown grid" in result.output
+    assert result.exit_code == 2 and "unknown grid" in result.output
     result = runner.invoke(app, ["grid", "boundary", "--values", "0,30", "-p", str(params)])
-    assert result.exit_code == 1 and "outside the grid" in result.output
+    assert result.exit_code == 2 and "outside the grid" in result.output

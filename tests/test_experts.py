@@ -3,7 +3,7 @@
 import torch
 
 from dcm.distill.discriminator import Discriminator, FeatureTaps, d_hinge, g_hinge
-from dcm.distill.experts import ParameterEfficientExpert, count_parameters
+from dcm.experts import ParameterEfficientExpert, count_parameters
 from dcm.models.tiny import TinyBackbone, build_tiny_backbone
 
 
@@ -13,16 +13,23 @@ def _inputs(backbone, frames=8, size=32, batch=2):
     return x, torch.tensor([300.0, 700.0][:batch]), text
 
 
+def _backbone(micro_params):
+    """A micro backbone whose output is not zero (diffusers' default init, not adaLN-Zero), so that an
+    expert that computed something else than its base would show."""
+    return build_tiny_backbone(micro_params.with_overrides({"model": {"tiny": {"init": "default"}}}).model.tiny)
+
+
 def _expert(micro_params):
-    backbone = build_tiny_backbone(micro_params.model.tiny)
+    backbone = _backbone(micro_params)
     d = micro_params.detail
     return backbone, ParameterEfficientExpert(backbone.transformer, TinyBackbone.timestep_layers, 4, 8.0, d.lora_targets)
 
 
 def test_pe_starts_as_the_semantic_expert_and_switches_in_memory(micro_params):
-    backbone = build_tiny_backbone(micro_params.model.tiny)
+    backbone = _backbone(micro_params)
     x, t, text = _inputs(backbone)
     before = backbone.transformer(x, t, text, return_dict=False)[0]
+    assert before.abs().mean() > 0.01
     expert = ParameterEfficientExpert(backbone.transformer, TinyBackbone.timestep_layers, 4, 8.0,
                                       micro_params.detail.lora_targets)
     torch.testing.assert_close(expert(x, t, text, return_dict=False)[0], before)  # LoRA B = 0, copies equal
@@ -64,7 +71,7 @@ def test_pe_save_and_load_reproduce_the_expert(micro_params, tmp_path):
     x, t, text = _inputs(backbone)
     out = expert(x, t, text, return_dict=False)[0]
     expert.save(tmp_path)
-    fresh = build_tiny_backbone(micro_params.model.tiny)
+    fresh = _backbone(micro_params)
     loaded = ParameterEfficientExpert.load(fresh.transformer, tmp_path)
     torch.testing.assert_close(loaded(x, t, text, return_dict=False)[0], out)
 
@@ -81,6 +88,21 @@ def test_discriminator_works_at_any_frame_count_and_resolution(micro_params):
         logits = disc(features, grid)
         assert len(logits) == len(taps.indices)
         assert logits[0].shape == (2 * grid[0], 1, grid[1], grid[2])
+
+
+def test_heads_that_see_several_frames_judge_motion(micro_params):
+    """With head_frames 3 a token's logit depends on the neighbouring frames' tokens; with 1 it does not."""
+    torch.manual_seed(0)
+    grid, channels = (4, 3, 3), 16
+    features = [torch.randn(2, 4 * 3 * 3, channels)]
+    moved = [features[0].clone()]
+    moved[0].view(2, 4, 3, 3, channels)[:, 2] += 1.0  # change token frame 2 only
+    for frames, shape in ((1, (2 * 4, 1, 3, 3)), (3, (2, 1, 4, 3, 3))):
+        disc = Discriminator(channels, 1, width=8, frames=frames)
+        before, after = disc(features, grid)[0], disc(moved, grid)[0]
+        assert before.shape == shape
+        frame1 = (before - after).view(2, 4, 3, 3)[:, 1] if frames == 1 else (before - after)[:, 0, 1]
+        assert (frame1.abs().max() > 1e-6) == (frames == 3)
 
 
 def test_hinge_losses():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,14 +24,15 @@ from typer.testing import CliRunner
 from dcm import flow
 from dcm.cli import app
 from dcm.config import parse_params
-from dcm.distill.experts import ParameterEfficientExpert
-from dcm.distill.trainer import load_full_student
+from dcm.experts import ParameterEfficientExpert
 from dcm.export import (BOUNDARY_EPSILON, COPIED_FILE, LORA_FILE, ExportError, export_detail_lora,
                         export_wan_pipeline)
+from dcm.guidance import initial_noise
+from dcm.layout import Layout
 from dcm.models import load_backbone, write_backbone_link
 from dcm.models.wan import wan_velocity
-from dcm.sampling import initial_noise
-from dcm.students import load_generator, sample, stock_sigmas
+from dcm.sampling import sample, stock_sigmas
+from dcm.students import StudentRecord, learned_values, load_full_model, load_sampler
 
 PROMPT, SEED, STEPS = "a red circle moving left on a stripes background", 3, 4
 #: latents of the stock pipeline vs dcm's sampler on the same schedule (the PE detail expert is merged
@@ -55,36 +57,42 @@ def student(tmp_path_factory):
     """A tiny Wan teacher link, a semantic expert and a PE detail expert laid out like the stages write them."""
     root = tmp_path_factory.mktemp("export")
     tiny = make_tiny_checkpoint("wan", root / "tiny")
-    teacher, artifacts = root / "teacher", root / "artifacts"
-    write_backbone_link(teacher, "wan", tiny)
+    layout = Layout(root)
+    write_backbone_link(layout.teacher_model, "wan", tiny)
     frames, height, width = VIDEO_SHAPES["wan"]
     params = parse_params({"model": {"backbone": "wan", "path": str(tiny), "frames": frames, "height": height,
                                      "width": width},
                            "flow": {"steps": 8, "shift": 3.0}, "boundary": 4,
                            "detail": {"lora_rank": 2, "lora_alpha": 6.0}})
-    backbone = load_backbone(teacher)
+    backbone = load_backbone(layout.teacher_model)
     semantic = backbone.transformer
     _perturb(semantic.parameters(), 0, 0.05)
-    semantic.save_pretrained(artifacts / "semantic" / "model")
+    semantic.save_pretrained(layout.student("semantic") / "model")
+    record(params, layout, "semantic", "full")
     d = params.detail
     expert = ParameterEfficientExpert(semantic, backbone.timestep_layers, d.lora_rank, d.lora_alpha, d.lora_targets)
     _perturb(expert.trainable_parameters(), 1, 0.1)
-    expert.save(artifacts / "detail")
-    (artifacts / "detail" / "expert.json").write_text(json.dumps({"stage": "detail", "role": "detail", "kind": "pe"}))
-    return SimpleNamespace(root=root, tiny=tiny, teacher=teacher, artifacts=artifacts, params=params,
+    expert.save(layout.student("detail"))
+    record(params, layout, "detail", "pe")
+    return SimpleNamespace(root=root, tiny=tiny, layout=layout, params=params,
                            shape=backbone.latent_shape(frames, height, width))
+
+
+def record(params, layout: Layout, stage: str, kind: str) -> None:
+    """The record a student stage writes, for students made here by hand."""
+    layout.student(stage).mkdir(parents=True, exist_ok=True)
+    StudentRecord(stage, stage, kind, [], params.boundary, learned_values(params, stage)).write(layout.student(stage))
 
 
 @pytest.fixture(scope="module")
 def pipeline_dir(student) -> Path:
-    return export_wan_pipeline(student.params, student.teacher, student.artifacts, student.root / "export" / "wan",
-                               steps=STEPS)
+    return export_wan_pipeline(student.params, student.layout, student.root / "export" / "wan", steps=STEPS)
 
 
 def _pe_expert(student) -> ParameterEfficientExpert:
-    backbone = load_backbone(student.teacher)
-    return ParameterEfficientExpert.load(load_full_student(student.artifacts / "semantic", backbone),
-                                         student.artifacts / "detail")
+    backbone = load_backbone(student.layout.teacher_model)
+    return ParameterEfficientExpert.load(load_full_model(student.layout.student("semantic"), backbone, "semantic"),
+                                         student.layout.student("detail"))
 
 
 def _inputs(student) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,13 +129,13 @@ def test_the_exported_pipeline_runs_in_stock_diffusers_exactly_like_dcm_on_the_s
     stock = torch.load(student.root / "stock.pt")
 
     shift = student.params.flow.shift
-    backbone = load_backbone(student.teacher)
+    backbone = load_backbone(student.layout.teacher_model)
     stock_params = student.params.with_overrides({"sample": {"schedule": "stock"}})
-    generator = load_generator("dcm", STEPS, backbone, stock_params, student.artifacts)
-    semantic_table, ran = generator.semantic.scale_shift_table, []
-    generator.semantic.register_forward_pre_hook(
+    sampler = load_sampler("dcm", STEPS, backbone, stock_params, student.layout)
+    semantic_table, ran = sampler.semantic.scale_shift_table, []
+    sampler.semantic.register_forward_pre_hook(
         lambda m, _: ran.append("transformer" if m.scale_shift_table is semantic_table else "transformer_2"))
-    ours = sample(generator, backbone, [PROMPT], [SEED], student.shape)
+    ours = sample(sampler, backbone, [PROMPT], [SEED], student.shape)
 
     assert stock["sigmas"] == stock_sigmas(STEPS, shift)
     assert stock["latents"].shape == ours.shape == (1, *student.shape)
@@ -184,13 +192,13 @@ def test_the_merged_transformer_2_is_the_pe_detail_expert(student, pipeline_dir)
 def test_the_lora_export_loads_into_a_stock_pipeline_and_reproduces_the_pe_expert(student):
     from diffusers import WanPipeline, WanTransformer3DModel
 
-    out = export_detail_lora(student.params, student.artifacts, student.root / "export" / "lora")
+    out = export_detail_lora(student.params, student.layout, student.root / "export" / "lora")
     assert {p.name for p in out.iterdir()} == {LORA_FILE, COPIED_FILE, "README.md", "dcm_export.json"}
     with safe_open(str(out / LORA_FILE), "pt") as f:
         assert all(k.startswith("transformer.") and ".lora_" in k for k in f.keys())
 
     pipe = WanPipeline.from_pretrained(student.tiny, transformer=WanTransformer3DModel.from_pretrained(
-        student.artifacts / "semantic" / "model"))
+        student.layout.student("semantic") / "model"))
     pipe.load_lora_weights(out, adapter_name="detail")
     loaded = pipe.transformer.load_state_dict(load_file(str(out / COPIED_FILE)), strict=False)
     assert not loaded.unexpected_keys
@@ -210,51 +218,62 @@ def test_the_lora_export_loads_into_a_stock_pipeline_and_reproduces_the_pe_exper
 def test_without_optimization_decoupling_the_pipeline_holds_one_transformer_and_no_boundary(student, tmp_path):
     from diffusers import WanPipeline
 
-    artifacts = tmp_path / "artifacts"
-    (artifacts / "detail").mkdir(parents=True)
-    (artifacts / "semantic").symlink_to(student.artifacts / "semantic")
-    (artifacts / "detail" / "expert.json").write_text(json.dumps({"stage": "detail", "kind": "none"}))
+    layout = Layout(tmp_path)
+    layout.artifacts.mkdir()
+    for shared in ("teacher", "semantic"):
+        (layout.artifacts / shared).symlink_to(student.layout.artifacts / shared)
     single = student.params.with_overrides({"ablation": {"od": False}})
-    out = export_wan_pipeline(single, student.teacher, artifacts, tmp_path / "wan", steps=2)
+    record(single, layout, "detail", "none")
+    (layout.artifacts / "semantic").unlink()
+    shutil.copytree(student.layout.student("semantic"), layout.student("semantic"))
+    record(single, layout, "semantic", "full")
+    out = export_wan_pipeline(single, layout, tmp_path / "wan", steps=2)
     pipe = WanPipeline.from_pretrained(out)
     assert pipe.transformer_2 is None and pipe.config.boundary_ratio is None
     assert json.loads((out / "dcm_export.json").read_text())["stock_experts"] == ["vanilla", "vanilla"]
 
 
-def _artifacts(root: Path, semantic: bool, detail: dict | None, files: tuple[str, ...] = ()) -> Path:
+def _layout(root: Path, student, semantic: bool, detail: str | None, files: tuple[str, ...] = (),
+            params=None) -> Layout:
     """Stage folders holding only placeholders: validation must fail before anything is loaded."""
+    layout = Layout(root)
+    layout.artifacts.mkdir(parents=True)
+    (layout.artifacts / "teacher").symlink_to(student.layout.artifacts / "teacher")
+    params = params or student.params
     if semantic:
-        (root / "semantic" / "model").mkdir(parents=True)
-        (root / "semantic" / "model" / "config.json").write_text("{}")
+        (layout.student("semantic") / "model").mkdir(parents=True)
+        (layout.student("semantic") / "model" / "config.json").write_text("{}")
+        record(params, layout, "semantic", "full")
     if detail is not None:
-        (root / "detail").mkdir(parents=True)
-        (root / "detail" / "expert.json").write_text(json.dumps(detail))
+        record(params, layout, "detail", detail)
         for name in files:
-            (root / "detail" / name).write_text("")
-    return root
+            (layout.student("detail") / name).write_text("")
+    return layout
 
 
 def test_bad_input_fails_before_any_loading_with_an_error_naming_what_is_missing(student, tmp_path):
     params, out = student.params, tmp_path / "out"
     with pytest.raises(ExportError, match="tiny.*pixel space.*AutoencoderKLWan"):
-        export_wan_pipeline(parse_params({}), student.teacher, student.artifacts, out)
+        export_wan_pipeline(parse_params({}), student.layout, out)
     cog = params.with_overrides({"model": {"backbone": "cogvideox"}})
     with pytest.raises(ExportError, match="CogVideoXPipeline holds one.*--format lora"):
-        export_wan_pipeline(cog, student.teacher, student.artifacts, out)
-    with pytest.raises(ExportError, match=r"semantic expert is missing: expected .*semantic/model/config\.json"):
-        export_wan_pipeline(params, student.teacher, _artifacts(tmp_path / "a", False, None), out)
-    with pytest.raises(ExportError, match=r"detail expert is missing: expected .*detail/expert\.json"):
-        export_wan_pipeline(params, student.teacher, _artifacts(tmp_path / "b", True, None), out)
+        export_wan_pipeline(cog, student.layout, out)
+    with pytest.raises(ExportError, match=r"semantic student is missing: expected .*semantic/expert\.json"):
+        export_wan_pipeline(params, _layout(tmp_path / "a", student, False, None), out)
+    with pytest.raises(ExportError, match=r"detail student is missing: expected .*detail/expert\.json"):
+        export_wan_pipeline(params, _layout(tmp_path / "b", student, True, None), out)
     with pytest.raises(ExportError, match=r"detail\.safetensors"):
-        export_wan_pipeline(params, student.teacher, _artifacts(tmp_path / "c", True, {"kind": "pe"}, ("detail.json",)),
-                            out)
-    with pytest.raises(ExportError, match="'full' detail expert but params .* call for 'pe'.*stale"):
-        export_wan_pipeline(params, student.teacher, _artifacts(tmp_path / "d", True, {"kind": "full"}), out)
+        export_wan_pipeline(params, _layout(tmp_path / "c", student, True, "pe", ("detail.json",)), out)
+    other = params.with_overrides({"boundary": 5, "sample": {"steps": [2, 4]}})
+    with pytest.raises(ExportError, match=r"semantic was trained with other params: boundary = 5 there, 4 in "
+                                          r"params.yaml.*dvc repro semantic"):
+        export_wan_pipeline(params, _layout(tmp_path / "d", student, True, "pe", params=other), out)
     with pytest.raises(ExportError, match="backbone.json"):
-        export_wan_pipeline(params, tmp_path / "no-teacher", student.artifacts, out)
+        empty = Layout(tmp_path / "no-teacher")
+        export_wan_pipeline(params, empty, out)
     single = params.with_overrides({"ablation": {"od": False}})
     with pytest.raises(ExportError, match="'none', not parameter-efficient.*no LoRA"):
-        export_detail_lora(single, _artifacts(tmp_path / "e", True, {"kind": "none"}), out)
+        export_detail_lora(single, _layout(tmp_path / "e", student, True, "none", params=single), out)
     assert not out.exists()
 
 

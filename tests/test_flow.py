@@ -39,7 +39,7 @@ def test_shifted_grid_runs_from_clean_to_noise_and_crowds_near_one():
     assert grid[0] == 0 and grid[-1] == pytest.approx(1.0)
     assert torch.all(grid[1:] > grid[:-1])
     assert grid[25] > 0.9  # shift 17 crowds the grid near sigma = 1
-    # the release's boundaries (reference-facts §1): s(38/50) for HunyuanVideo, s(35/50) for Wan
+    # the release's boundaries (the authors' released scripts): s(38/50) for HunyuanVideo, s(35/50) for Wan
     assert grid[38].item() == pytest.approx(0.98176, abs=1e-4)
     assert grid[35].item() == pytest.approx(0.97541, abs=1e-4)
 

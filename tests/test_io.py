@@ -6,6 +6,7 @@ import av
 import numpy as np
 import pytest
 
+from dcm.errors import SampleFolderError
 from dcm.io import atomic_path, read_manifest, read_mp4, write_manifest, write_mp4
 from dcm.world import render_video
 
@@ -31,7 +32,7 @@ def test_manifest_round_trip_and_checks(tmp_path, world):
     with pytest.raises(ValueError, match="steps"):
         write_manifest(tmp_path, [{k: v for k, v in record.items() if k != "steps"}])
     (tmp_path / "manifest.jsonl").write_text(json.dumps({**record, "file": "gone.mp4"}) + "\n")
-    with pytest.raises(FileNotFoundError, match="gone.mp4"):
+    with pytest.raises(SampleFolderError, match="gone.mp4"):
         read_manifest(tmp_path)
     (tmp_path / "manifest.jsonl").write_text("")
     with pytest.raises(ValueError, match="no videos"):

@@ -15,7 +15,7 @@ from dcm.io import read_manifest, read_mp4
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = yaml.safe_load((Path(__file__).parent / "smoke_params.yaml").read_text())
-STAGES = ["detail", "evaluate", "lcm", "pcm", "report", "sample", "semantic", "teacher", "teacher_eval",
+STAGES = ["boundary", "detail", "evaluate", "lcm", "pcm", "report", "sample", "semantic", "teacher", "teacher_eval",
           "trajectories"]
 
 
@@ -124,7 +124,7 @@ def test_each_stage_logged_one_tagged_mlflow_run_at_the_repo_root(repo):
 @pytest.mark.parametrize("override, changed", [
     ({"ablation": {"gf": False}}, {"detail"}),
     ({"ablation": {"tc": False}}, {"semantic", "detail"}),
-    ({"boundary": 3}, {"semantic", "detail", "sample", "report"}),
+    ({"boundary": 3}, {"boundary", "semantic", "detail", "sample", "report"}),
     ({"pcm": {"phases": 4}}, {"pcm"}),
     ({"teacher_eval": {"videos": 2}}, {"teacher_eval"}),
 ])
@@ -147,40 +147,43 @@ def test_a_param_change_reruns_exactly_what_depends_on_it(repo, override, change
         (repo / "params.yaml").write_text(original)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def tracking_server(repo, tmp_path):
-    """A real MLflow tracking server on localhost, stopped after the test."""
-    import time
-    import urllib.request
+@pytest.mark.parametrize("module", ["src/dcm/flow.py", "src/dcm/sampling.py", "src/dcm/world/metrics.py"])
+def test_editing_code_a_stage_runs_makes_dvc_see_that_stage_changed(repo, module):
+    """`dvc status` names exactly the stages that can run the edited file."""
+    from test_layout import DVC, code_of
 
     repo, env, _ = repo
-    port = _free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--workers", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    path = repo / module
+    original = path.read_text()
+    expected = {stage for stage, spec in DVC.items()
+                if ROOT / module in code_of(ROOT / spec["cmd"].split()[1])}
     try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise RuntimeError("the MLflow server did not start")
-        yield url
+        path.write_text(original + "\n# edited\n")
+        status = json.loads(_run(["dvc", "status", "--json"], repo, env).strip().splitlines()[-1])
+        changed = {stage for stage, reasons in status.items()
+                   if any(module in r.get("changed deps", {}) for r in reasons if isinstance(r, dict))}
+        assert expected and changed == expected
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        path.write_text(original)
+
+
+@pytest.fixture(scope="module")
+def grid(repo, tmp_path_factory):
+    """A real MLflow tracking server on localhost, holding a two-experiment boundary grid run by
+    `dcm grid` with two parallel jobs; stopped after the module."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from mlflow_ui_check import serve
+
+    repo, env, _ = repo
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    _run([*git, "add", "-A"], repo, env)
+    _run([*git, "commit", "-qm", "baseline outputs"], repo, env)
+    store = tmp_path_factory.mktemp("server") / "server.db"
+    with serve(f"sqlite:///{store}", env) as url:
+        env = {**env, "MLFLOW_TRACKING_URI": url}
+        out = _run([str(Path(sys.executable).parent / "dcm"), "grid", "boundary", "--values", "3,5", "--jobs", "2",
+                    "--prefix", "t"], repo, env)
+        yield url, repo, env, out
 
 
 def _api(url, path, body=None):
@@ -193,14 +196,8 @@ def _api(url, path, body=None):
         return json.loads(response.read())
 
 
-def test_a_queued_grid_with_two_jobs_lands_in_a_tracking_server(repo, tracking_server):
-    repo, env, _ = repo
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    _run([*git, "add", "-A"], repo, env)
-    _run([*git, "commit", "-qm", "baseline outputs"], repo, env)
-    env = {**env, "MLFLOW_TRACKING_URI": tracking_server}
-    out = _run([str(Path(sys.executable).parent / "dcm"), "grid", "boundary", "--values", "3,5", "--jobs", "2",
-                "--prefix", "t"], repo, env)
+def test_a_queued_grid_with_two_jobs_lands_in_a_tracking_server(grid):
+    tracking_server, repo, env, out = grid
     assert "finished: t-boundary-3, t-boundary-5" in out
 
     experiment = _api(tracking_server, "experiments/get-by-name?experiment_name=dcm")["experiment"]
@@ -235,10 +232,23 @@ def test_a_queued_grid_with_two_jobs_lands_in_a_tracking_server(repo, tracking_s
     out = _run([dcm, "compare"], repo, env)
     assert "experiments" in out
     ablation = (repo / "reports/ablation.md").read_text()
-    assert "| OD+PE+TC+GF | t-boundary-" in ablation
+    assert "| OD+PE+TC+GF |" in ablation and "t-boundary-" in ablation
     assert (repo / "reports/boundary.png").stat().st_size > 1000
     _run([dcm, "compare", "--source", "dvc", "--out", "reports/from_dvc"], repo, env)
     assert "| OD+PE+TC+GF |" in (repo / "reports/from_dvc/ablation.md").read_text()
+
+
+def test_the_mlflow_ui_shows_the_grid_and_compares_its_runs(grid):
+    """In headless Chromium: the experiment opens on its runs table (not MLflow's GenAI overview),
+    the runs are named after the DVC experiments, and their compare view lists boundary and
+    dcm_4/total (scripts/mlflow_ui_check.py; the README's screenshot comes from the same script)."""
+    from mlflow_ui_check import check_ui, chromium
+
+    if chromium() is None:
+        pytest.skip("no chromium on PATH: install Debian's chromium package (the README's test set-up does)")
+    url, _, _, _ = grid
+    pages = check_ui(url, "dcm", ["t-boundary-3", "t-boundary-5"])
+    assert "Training runs" in pages["runs_page"]  # the runs table, not the GenAI overview
 
 
 def test_a_grid_with_a_failing_experiment_fails_and_names_it(repo):

@@ -1,6 +1,6 @@
 """The report checks the paper's claims on the measured figures, and says plainly when one fails."""
 
-from dcm.report import research_bar
+from dcm.reporting.tables import research_bar
 
 
 def _metrics(dcm4=0.80, pcm4=0.78, lcm4=0.75, teacher=0.805, speedup=25.0, dcm_step=0.0101, lcm_step=0.0100):

@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from dcm import flow
-from dcm.distill.experts import ParameterEfficientExpert
+from dcm.experts import ParameterEfficientExpert
 from dcm.models.tiny import TinyBackbone, build_tiny_backbone
-from dcm.students import Generator, SamplingError, load_generator, sample, schedule
+from dcm.layout import Layout
+from dcm.sampling import Sampler, SamplingError, sample, schedule
+from dcm.students import load_sampler
 
 
 def test_dcm_splits_steps_evenly_between_the_experts():
@@ -38,10 +40,10 @@ def test_unservable_requests_are_clear_errors(method, steps, message):
 
 def test_missing_students_are_named_before_any_compute(tmp_path, micro_params):
     backbone = build_tiny_backbone(micro_params.model.tiny)
-    with pytest.raises(SamplingError, match=r"artifacts/pcm/model/config\.json"):
-        load_generator("pcm", 4, backbone, micro_params, tmp_path / "artifacts")
-    with pytest.raises(SamplingError, match="semantic expert"):
-        load_generator("dcm", 4, backbone, micro_params, tmp_path / "artifacts")
+    with pytest.raises(SamplingError, match=r"pcm student is missing: expected .*artifacts/pcm/expert\.json"):
+        load_sampler("pcm", 4, backbone, micro_params, Layout(tmp_path))
+    with pytest.raises(SamplingError, match=r"semantic student is missing.*dvc repro semantic"):
+        load_sampler("dcm", 4, backbone, micro_params, Layout(tmp_path))
 
 
 def test_odd_steps_with_dcm_fail_in_params():
@@ -61,7 +63,7 @@ def _dcm(micro_params, pe_noise=0.02):
     n, k = micro_params.flow.steps, micro_params.boundary
     sigmas = flow.sigma_grid(n, micro_params.flow.shift)
     visited = [float(sigmas[i]) for i in schedule("dcm", 4, n, k)]
-    gen = Generator("dcm", 4, visited, 1.0, semantic, detail, float(sigmas[k]))
+    gen = Sampler("dcm", 4, visited, 1.0, semantic, detail, float(sigmas[k]))
     return backbone, gen, sigmas
 
 
@@ -70,7 +72,7 @@ def test_expert_is_picked_by_timestep_and_pe_is_fused_exactly(micro_params):
     prompts, seeds = ["a red circle moving left on a stripes background"] * 2, [1, 2]
     before = {n: p.detach().clone() for n, p in gen.detail.base_parameters().items()}
     fast = sample(gen, backbone, prompts, seeds, (3, 8, 32, 32))
-    from dcm.sampling import initial_noise
+    from dcm.guidance import initial_noise
 
     x = initial_noise(seeds, (3, 8, 32, 32))
     text = backbone.encode_prompts(prompts)

@@ -3,11 +3,13 @@
 import pytest
 import torch
 
-from dcm import teacher as teacher_mod
+from dcm.teacher import training as teacher_mod
 from dcm.models import load_backbone
 from dcm.models.tiny import build_tiny_backbone
-from dcm.splits import HELDOUT_SEED_BASE, TRAIN_SEED_END, VALIDATION_SEED_BASE, toy_items
-from dcm.teacher import ACCURACY_KEYS, CHECKPOINT, denoising_accuracy, train_teacher
+from dcm.data.splits import HELDOUT_SEED_BASE, TRAIN_SEED_END, VALIDATION_SEED_BASE, toy_items
+from dcm.layout import CHECKPOINT
+from dcm.teacher.probes import ACCURACY_KEYS, denoising_accuracy
+from dcm.teacher.training import train_teacher
 
 
 @pytest.fixture(autouse=True)

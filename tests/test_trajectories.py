@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from dcm import flow
+from dcm.data.trajectories import TrajectoryError, TrajectorySpec, load
+from dcm.guidance import initial_noise
 from dcm.models import load_backbone
-from dcm.pipeline import run_trajectories
-from dcm.sampling import initial_noise
-from dcm.students import Generator, sample
-from dcm.trajectories import TrajectoryError, TrajectorySpec, load
+from dcm.pipeline.trajectories import run_trajectories
+from dcm.sampling import sample, teacher_sampler
 
 from conftest import with_overrides
 
@@ -37,11 +37,31 @@ def test_trajectories_are_the_guided_teacher_ode(workspace, micro_distill):
     backbone = load_backbone(TEACHER)
     noise = initial_noise(first["seeds"], (3, 8, 32, 32))
     torch.testing.assert_close(data.latents[:2, -1].float(), noise, atol=2e-3, rtol=2e-3)
-    grid = flow.sigma_grid(micro_distill.flow.steps, micro_distill.flow.shift).flip(0).tolist()
-    teacher = Generator("teacher", micro_distill.flow.steps, grid, micro_distill.trajectories.guidance_scale,
-                        backbone.transformer)
+    teacher = teacher_sampler(backbone, backbone.transformer, micro_distill.flow.steps, micro_distill.flow.shift,
+                              micro_distill.trajectories.guidance_scale)
     clean = sample(teacher, backbone, first["prompts"], first["seeds"], (3, 8, 32, 32))
     torch.testing.assert_close(data.latents[:2, 0].float(), clean, atol=5e-3, rtol=5e-3)
+
+
+def test_each_stored_step_is_one_guided_euler_step_of_the_teacher(workspace, micro_distill):
+    """x_{k-1} = x_k + (sigma_{k-1} - sigma_k) * (v_u + w * (v_c - v_u)), written out here and not
+    through dcm.flow or dcm.guidance, so a wrong sign or guidance formula there fails."""
+    run_trajectories(micro_distill)
+    data = load(OUT, _spec(micro_distill))
+    backbone = load_backbone(TEACHER)
+    text = backbone.encode_prompts(data.prompts[:2])
+    empty = backbone.encode_prompts([""]).expand(2, -1, -1)
+    w = micro_distill.trajectories.guidance_scale
+    for k in range(micro_distill.flow.steps, 0, -1):
+        x = data.latents[:2, k].float()
+        sigma = torch.full((2,), float(data.sigmas[k]))
+        with torch.no_grad():
+            v_cond = backbone.velocity(backbone.transformer, x, sigma, text)
+            v_uncond = backbone.velocity(backbone.transformer, x, sigma, empty)
+        expected = x + float(data.sigmas[k - 1] - data.sigmas[k]) * (v_uncond + w * (v_cond - v_uncond))
+        step = (expected - x).abs().mean().item()
+        error = (data.latents[:2, k - 1].float() - expected).abs().mean().item()  # float16 storage only
+        assert step > 0.005 and error < 0.1 * step, (k, step, error)  # a step that moves, and the right one
 
 
 def test_finished_shards_are_skipped_on_rerun(workspace, micro_distill):

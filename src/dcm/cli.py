@@ -1,18 +1,22 @@
 """``dcm``: run single pipeline stages and inspect the toy world from the command line.
 
 Every command reads ``params.yaml`` (``--params`` to choose another file), validates it
-before doing anything heavy, and logs one MLflow run per stage.
+before doing anything heavy, and logs one MLflow run per stage. An error in the user's input
+(:class:`dcm.errors.DcmError`) is one line on stderr and exit code 2; ``--verbose`` shows its
+traceback.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
 
 import typer
 
-from dcm.config import ParamsError, load_params
+from dcm.config import load_params
+from dcm.errors import EXIT_USER_ERROR, DcmError, UsageError
 
 app = typer.Typer(
     help="Dual-Expert Consistency Model distillation for text-to-video diffusion.\n\n"
@@ -23,29 +27,40 @@ app = typer.Typer(
 )
 
 ParamsOption = typer.Option(Path("params.yaml"), "--params", "-p", help="parameter file to read and validate")
-
-
-def _params(path: Path):
-    try:
-        return load_params(path)
-    except ParamsError as err:
-        typer.secho(str(err), fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+_verbose = {"on": False}
 
 
 @app.callback()
-def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging")) -> None:
+def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging, and tracebacks of "
+                                        "input errors")) -> None:
+    _verbose["on"] = verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-@app.command()
+def command(*args, **kwargs):
+    """``app.command``, with input errors printed as one line (exit code 2) instead of a traceback."""
+    def register(fn):
+        @functools.wraps(fn)
+        def run(*a, **k):
+            try:
+                return fn(*a, **k)
+            except DcmError as err:
+                if _verbose["on"]:
+                    raise
+                typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+                raise typer.Exit(EXIT_USER_ERROR) from None
+        return app.command(*args, **kwargs)(run)
+    return register
+
+
+@command()
 def params(path: Path = ParamsOption) -> None:
     """Validate the parameter file and print every resolved value (defaults included)."""
-    typer.echo(json.dumps(_params(path).model_dump(), indent=2))
+    typer.echo(json.dumps(load_params(path).model_dump(), indent=2))
 
 
-@app.command()
+@command()
 def teacher(path: Path = ParamsOption) -> None:
     """Train the tiny teacher by flow matching on the toy world (resumes from its checkpoint).
 
@@ -54,45 +69,58 @@ def teacher(path: Path = ParamsOption) -> None:
     backbone (model.backbone: wan | cogvideox | hunyuanvideo) nothing is trained: model.path is
     checked and artifacts/teacher/model/backbone.json points at it.
     """
-    from dcm.pipeline import run_teacher
+    from dcm.pipeline.teacher import run_teacher
 
-    run_teacher(_params(path))
+    run_teacher(load_params(path))
 
 
-@app.command("teacher-eval")
+@command("teacher-eval")
 def teacher_eval(path: Path = ParamsOption) -> None:
     """Sample the trained teacher on held-out seeds and write reports/teacher.md, its frame
     grid, the mp4s (with manifest.jsonl) and metrics."""
-    from dcm.pipeline import run_teacher_eval
+    from dcm.pipeline.teacher_eval import run_teacher_eval
 
-    run_teacher_eval(_params(path))
+    run_teacher_eval(load_params(path))
 
 
-@app.command()
+@command()
 def trajectories(path: Path = ParamsOption) -> None:
     """Generate the teacher's CFG-guided ODE trajectories on the flow.steps grid into
     artifacts/trajectories/ (shards + manifest.json). Finished shards are skipped on rerun;
     with launch.num_processes > 1 it re-launches itself under `accelerate launch` and each process
     writes its own shards."""
     from dcm.launch import relaunch
-    from dcm.pipeline import run_trajectories
+    from dcm.pipeline.trajectories import run_trajectories
 
-    params = _params(path)
+    params = load_params(path)
     relaunch(params)
     run_trajectories(params)
 
 
-def _distill_command(stage: str, doc: str):
-    def command(path: Path = ParamsOption) -> None:
-        from dcm.launch import relaunch
-        from dcm.pipeline import run_distill
+@command("boundary")
+def boundary_cmd(path: Path = ParamsOption) -> None:
+    """Suggest the boundary from the teacher's trajectories (run `dcm trajectories` first): the grid
+    index where the toy world's layout and motion are committed in 90% of the trajectories (for a
+    real backbone, the knee of the normalised adjacent-step change). Prints it and writes
+    reports/boundary_suggestion.json and reports/boundary_suggestion.png; params.yaml is not changed."""
+    from dcm.pipeline.boundary import run_boundary
 
-        params = _params(path)
+    suggestion = run_boundary(load_params(path))
+    typer.echo(f"suggested boundary: {suggestion.boundary} (sigma {suggestion.sigma:.4f}, {suggestion.method}); "
+               f"set it with `dvc exp run -S boundary={suggestion.boundary}` or in params.yaml")
+
+
+def _distill_command(stage: str, doc: str):
+    def run(path: Path = ParamsOption) -> None:
+        from dcm.launch import relaunch
+        from dcm.pipeline.distill import run_distill
+
+        params = load_params(path)
         relaunch(params)  # under `accelerate launch` when launch.* asks for more processes
         run_distill(params, stage)
 
-    command.__doc__ = doc
-    app.command(stage)(command)
+    run.__doc__ = doc
+    command(stage)(run)
 
 
 _distill_command("semantic", "Train the semantic expert on the noise-side sub-trajectory [flow.steps, boundary] "
@@ -105,46 +133,44 @@ _distill_command("lcm", "Train the LCM baseline: one student, one phase over the
 _distill_command("pcm", "Train the PCM baseline: one student, pcm.phases phases over the whole trajectory.")
 
 
-@app.command("sample")
+@command("sample")
 def sample_cmd(path: Path = ParamsOption) -> None:
     """Sample every method of sample.methods (teacher at flow.steps with CFG; lcm, pcm and dcm at each
     of sample.steps with guidance 1) on the same held-out prompts and initial noise, into
     artifacts/samples/<method>@<steps>/ (mp4 + manifest.jsonl), and time each one."""
-    from dcm.pipeline import run_sample
-    from dcm.students import SamplingError
+    from dcm.pipeline.sample import run_sample
 
-    try:
-        run_sample(_params(path))
-    except SamplingError as err:
-        typer.secho(str(err), fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+    run_sample(load_params(path))
 
 
-@app.command("evaluate")
+@command("evaluate")
 def evaluate_cmd(path: Path = ParamsOption) -> None:
     """Score artifacts/samples: toy-world Semantic/Quality/Total, PSNR and SSIM against the teacher,
     and VBench (temporal_flickering, plus any dimension whose weights are under $VBENCH_CACHE_DIR).
     Writes reports/metrics.json and reports/evaluation/videos.csv."""
-    from dcm.pipeline import run_evaluate
+    from dcm.pipeline.evaluate import run_evaluate
 
-    run_evaluate(_params(path))
+    run_evaluate(load_params(path))
 
 
-@app.command("report")
+@command("report")
 def report_cmd(path: Path = ParamsOption) -> None:
     """Write reports/report.md (Table 1 and Table 3 analogs) and reports/figures/ (loss and grad norm by
     noise level, adjacent-step L1 with the boundary, parameter change by module type, and a 4-step
     side-by-side grid and GIF); log all of it to MLflow."""
-    from dcm.pipeline import run_report
+    from dcm.pipeline.report import run_report
 
-    run_report(_params(path))
+    run_report(load_params(path))
 
 
-@app.command()
+@command()
 def grid(
-    name: str = typer.Argument(..., help="'ablations' (the paper's Table 3 rows) or 'boundary' (a sweep)"),
-    values: str = typer.Option("25,30,35,40,45", help="boundary values: a list '30,35' or a range '20:45:5' "
-                               "(end excluded)"),
+    name: str = typer.Argument(..., help="'ablations' (the paper's Table 3 rows), 'boundary' (a sweep) or "
+                               "'seeds' (the current params at several distill.seed values)"),
+    values: str = typer.Option(None, help="boundary or seed values: a list '30,35' or a range '20:45:5' (end "
+                               "excluded); default 25,30,35,40,45 for boundary, 0,1,2 for seeds"),
+    seeds: str = typer.Option(None, help="run every experiment of the grid at each of these distill.seed values, "
+                              "e.g. '0,1,2' (for mean ± sd in the tables)"),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="experiments run in parallel"),
     prefix: str = typer.Option(None, help="experiment name prefix (default: a timestamp)"),
     path: Path = ParamsOption,
@@ -152,26 +178,17 @@ def grid(
     """Queue a named grid of DVC experiments and run it; exit non-zero naming any that failed.
 
     Run `dvc repro` first so the queued experiments start from cached outputs. Compare the
-    results with `dcm compare` or in the MLflow UI (one parent run per experiment).
+    results with `dcm compare` or in the MLflow UI (one parent run per experiment); the report's
+    tables show the mean ± sd over the seeds found.
     """
-    from dcm.experiments import GridError, ablation_grid, boundary_grid, parse_values, run_grid
+    from dcm.experiments import named_grid, run_grid
 
-    params = _params(path)
-    try:
-        if name == "ablations":
-            experiments = ablation_grid()
-        elif name == "boundary":
-            experiments = boundary_grid(parse_values(values), params)
-        else:
-            raise ValueError(f"unknown grid {name!r}; known: ablations, boundary")
-        names = run_grid(experiments, params, jobs=jobs, prefix=prefix)
-    except (ValueError, GridError) as err:
-        typer.secho(str(err), fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
+    params = load_params(path)
+    names = run_grid(named_grid(name, values, params, seeds), params, jobs=jobs, prefix=prefix)
     typer.echo("finished: " + ", ".join(names))
 
 
-@app.command()
+@command()
 def compare(
     source: str = typer.Option("mlflow", help="'mlflow' (parent runs) or 'dvc' (dvc exp show --json)"),
     out: Path = typer.Option(Path("reports"), help="folder for ablation.md and boundary.png"),
@@ -179,18 +196,22 @@ def compare(
 ) -> None:
     """Write reports/ablation.md (Table 3 analog) and reports/boundary.png (Total against boundary)
     from the experiments' runs."""
-    from dcm.experiments import ablation_markdown, boundary_plot, dvc_runs, mlflow_runs
     from dcm.io import atomic_write_text
+    from dcm.reporting.documents import ablation_report
+    from dcm.reporting.figures import boundary_plot
+    from dcm.reporting.runs import dvc_runs, mlflow_runs
 
-    params = _params(path)
+    if source not in ("mlflow", "dvc"):
+        raise UsageError(f"--source {source!r}: use 'mlflow' or 'dvc'")
+    params = load_params(path)
     frame = mlflow_runs(params) if source == "mlflow" else dvc_runs()
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "ablation.md", ablation_markdown(frame))
+    atomic_write_text(out / "ablation.md", ablation_report(frame))
     boundary_plot(frame, out / "boundary.png")
     typer.echo(f"{len(frame)} experiments -> {out / 'ablation.md'}, {out / 'boundary.png'}")
 
 
-@app.command()
+@command()
 def render(
     prompt: str = typer.Argument(..., help="e.g. 'a red circle moving left on a stripes background'"),
     seed: int = typer.Option(0, help="fixes start position, speed and texture phase"),
@@ -199,21 +220,17 @@ def render(
 ) -> None:
     """Render one ground-truth toy-world video and print what the evaluator recovers from it."""
     from dcm.io import write_mp4
-    from dcm.world import PromptError, parse_prompt, render_video
+    from dcm.world import parse_prompt, render_video
     from dcm.world.metrics import evaluate_video
 
-    world = _params(path).world.to_config()
-    try:
-        parsed = parse_prompt(prompt)
-    except PromptError as err:
-        typer.secho(str(err), fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+    world = load_params(path).world.to_config()
+    parsed = parse_prompt(prompt)
     video = render_video(parsed, seed, world)
     write_mp4(out, video)
     typer.echo(json.dumps(evaluate_video(video, parsed, world), indent=2))
 
 
-@app.command("export")
+@command("export")
 def export_cmd(
     fmt: str = typer.Option("pipeline", "--format", help="'pipeline': a diffusers WanPipeline directory with both "
                             "experts (Wan only); 'lora': the PE detail expert as a diffusers LoRA + its copied "
@@ -226,27 +243,25 @@ def export_cmd(
     """Export the trained students (artifacts/semantic, artifacts/detail) to stock diffusers, loadable
     without dcm. Writes a README.md with the usage snippet and dcm_export.json. The stock scheduler
     runs its own sigmas, not dcm's DCM schedule: see the README for both side by side."""
-    from dcm.export import ExportError, export_detail_lora, export_wan_pipeline
-    from dcm.models import BackboneError
-    from dcm.pipeline import TEACHER_DIR
+    from dcm.export import export_detail_lora, export_wan_pipeline
+    from dcm.layout import Layout
 
-    params = _params(path)
-    try:
-        if fmt == "pipeline":
-            done = export_wan_pipeline(params, TEACHER_DIR / "model", Path("artifacts"),
-                                       out or Path("artifacts/export/wan"), steps)
-        elif fmt == "lora":
-            done = export_detail_lora(params, Path("artifacts"), out or Path("artifacts/export/detail_lora"))
-        else:
-            raise ExportError(f"unknown --format {fmt!r}; known: pipeline, lora")
-    except (ExportError, BackboneError) as err:
-        typer.secho(str(err), fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+    if fmt not in ("pipeline", "lora"):
+        raise UsageError(f"unknown --format {fmt!r}; known: pipeline, lora")
+    params = load_params(path)
+    layout = Layout()
+    if fmt == "pipeline":
+        done = export_wan_pipeline(params, layout, out or layout.export("pipeline"), steps)
+    else:
+        done = export_detail_lora(params, layout, out or layout.export("lora"))
     typer.echo(f"exported to {done} (see {done / 'README.md'})")
 
 
-@app.command()
+@command()
 def estimate(
+    model: str = typer.Option(None, "--model", "-m", help="a shipped architecture, no weights needed: "
+                              "wan2.1-1.3b, wan2.1-14b, cogvideox-2b, cogvideox-5b, hunyuanvideo (its backbone, "
+                              "video size and text length replace params.yaml's model section)"),
     processes: int = typer.Option(None, min=1, help="GPUs (default: launch.num_processes)"),
     sharding: str = typer.Option(None, help="'fsdp' (full shard) or 'ddp' (replicated); default: from "
                                  "launch.config_file"),
@@ -254,18 +269,16 @@ def estimate(
     path: Path = ParamsOption,
 ) -> None:
     """Print parameter counts (exact, from meta tensors: no weights read), memory per GPU and time of
-    trajectories, semantic, detail and sample for the params, with every assumption behind them."""
+    trajectories, semantic, detail and sample for the params, with every assumption behind them.
+
+    With --model the architecture comes from the configs shipped with dcm, so the estimate runs before
+    anything is downloaded; without it, from model.path (or the tiny teacher's params).
+    """
     from dcm.estimate import estimate as run_estimate
-    from dcm.models.base import BackboneError
 
     if sharding not in (None, "fsdp", "ddp"):
-        typer.secho(f"--sharding {sharding!r}: use 'fsdp' or 'ddp'", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
-    try:
-        typer.echo(run_estimate(_params(path), processes, sharding, tflops).render())
-    except (BackboneError, ParamsError) as err:
-        typer.secho(str(err), fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        raise UsageError(f"--sharding {sharding!r}: use 'fsdp' or 'ddp'")
+    typer.echo(run_estimate(load_params(path), processes, sharding, tflops, model_name=model).render())
 
 
 def main() -> None:

@@ -12,10 +12,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from dcm.errors import DcmError
 from dcm.world.render import WorldConfig
 
 
-class ParamsError(ValueError):
+class ParamsError(DcmError, ValueError):
     """A parameter that is missing, mistyped or out of range."""
 
 
@@ -32,6 +33,8 @@ class WorldParams(_Section):
     speed_min: float = Field(1.0, gt=0.0, description="slowest speed, px per frame")
     speed_max: float = Field(2.0, gt=0.0, description="fastest speed, px per frame")
     texture_period: int = Field(4, ge=2, le=16, description="period of stripes and checker, px")
+    edge_start: float | None = Field(None, ge=0.0, description="null: an object starts anywhere its whole path "
+                                     "fits; a number: within this many px of the edge it moves away from")
 
     @model_validator(mode="after")
     def _consistent(self) -> WorldParams:
@@ -96,9 +99,15 @@ class ModelParams(_Section):
                              "holding its transformer, vae, text encoder(s) and tokenizer(s)")
         return self
 
+    @property
+    def toy_world(self) -> bool:
+        """The embedded default: the tiny teacher's videos are the toy world's, whose evaluator knows
+        the ground truth; a real backbone's are scored by VBench and fidelity to the teacher only."""
+        return self.backbone == "tiny"
+
     def video_shape(self, world: WorldParams) -> tuple[int, int, int]:
         """(frames, height, width) of the generated videos."""
-        if self.backbone == "tiny":
+        if self.toy_world:
             return world.frames, world.size, world.size
         return self.frames, self.height, self.width
 
@@ -150,7 +159,7 @@ class TeacherEvalParams(_Section):
 
 
 class TrajectoryParams(_Section):
-    """Teacher ODE trajectories (stage ``trajectories``, ``dcm.trajectories``)."""
+    """Teacher ODE trajectories (stage ``trajectories``, ``dcm.data.trajectories``)."""
 
     videos: int = Field(64, ge=1, description="trajectories to generate")
     guidance_scale: float = Field(3.0, ge=1.0, le=20.0, description="teacher CFG scale the students learn")
@@ -187,6 +196,9 @@ class DistillParams(_Section):
     log_every: int = Field(5, ge=1)
     bucket_every: int = Field(50, ge=1, description="steps between per-noise-level loss/grad probes (vanilla model)")
     buckets: int = Field(10, ge=2, description="noise-level buckets of the probe (paper Fig. 2)")
+    validate_every: int = Field(50, ge=0, description="steps between 4-step validation scores of the student "
+                                "(toy world; 0: off): the curve that shows whether it has stopped improving")
+    validate_videos: int = Field(16, ge=1, description="validation-split videos per check")
     mixed_precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="autocast with fp32 master weights (release: bf16); needs a GPU for bf16/fp16")
     gradient_checkpointing: bool = Field(False, description="recompute block activations in backward (release: on)")
@@ -222,6 +234,12 @@ class DetailParams(_Section):
     d_lr: float = Field(1e-4, gt=0.0, description="discriminator lr (release: 1e-5)")
     feature_stride: int = Field(2, ge=1, description="tap every stride-th teacher block")
     head_width: int = Field(64, ge=4, description="discriminator head width (release: 1024)")
+    head_frames: int = Field(1, ge=1, description="token frames the discriminator heads see at once: 1 scores "
+                             "each frame alone; 3 convolves 3x3x3 token neighbourhoods across frames")
+    g_weighting: Literal["fixed", "adaptive"] = Field(
+        "fixed", description="fixed: g_weight (release); adaptive: g_weight x ||grad consistency|| / ||grad G|| at "
+        "the output layer (VQGAN's adaptive weight), so the G term cannot outweigh the consistency term")
+    g_warmup_steps: int = Field(0, ge=0, description="ramp the G weight linearly from 0 over these steps (0: off)")
 
 
 class BaselineParams(_Section):
@@ -237,7 +255,10 @@ class SampleParams(_Section):
 
     methods: tuple[Literal["teacher", "lcm", "pcm", "dcm"], ...] = ("teacher", "lcm", "pcm", "dcm")
     steps: tuple[int, ...] = Field((2, 4, 8), description="student step counts (the teacher uses flow.steps)")
-    videos: int = Field(32, ge=1, description="videos per method and step count (held-out prompts and seeds)")
+    videos: int = Field(32, ge=1, description="videos per method and step count (held-out prompts and seeds); "
+                        "with VBench's suite as prompt_file: how many of its prompts")
+    videos_per_prompt: int = Field(5, ge=1, le=5, description="with VBench's suite: videos per prompt, named as "
+                                   "VBench's standard mode expects (VBench uses 5)")
     prompt_file: str | None = Field(None, description="text file (one prompt per line), 'vbench' or "
                                     "'vbench:<dimension>'; default: held-out toy prompts")
     batch_size: int = Field(16, ge=1)
@@ -334,18 +355,51 @@ class Params(_Section):
         return dict(_flatten(self.model_dump()))
 
 
-def fingerprint(params: Params, keys: tuple[str, ...], ignore: tuple[str, ...] = ()) -> str:
-    """A short hash of the named sections or dotted keys (minus ``ignore``): a checkpoint is
-    resumed only by a run whose fingerprint matches, so a stale checkpoint from other params is
-    never continued."""
-    import hashlib
+#: The params each DVC stage reads, as sections or dotted keys: the one definition. dvc.yaml's
+#: ``params`` lists equal these (a test checks), checkpoints and trained students record them, and
+#: sampling refuses a student whose recorded values differ from params.yaml.
+STAGE_PARAMS: dict[str, tuple[str, ...]] = {
+    "teacher": ("world", "flow", "model.backbone", "model.tiny", "model.path", "teacher"),
+    "teacher_eval": ("model", "world", "flow", "teacher", "teacher_eval", "sample.prompt_file"),
+    "trajectories": ("model", "world", "flow", "trajectories", "launch"),
+    "boundary": ("model", "world", "flow", "trajectories", "boundary"),
+    "semantic": ("model", "boundary", "world", "flow", "trajectories", "ablation.od", "ablation.tc", "distill",
+                 "semantic", "launch"),
+    "detail": ("model", "boundary", "world", "flow", "trajectories", "ablation", "distill", "detail", "launch"),
+    "lcm": ("model", "world", "flow", "trajectories", "distill", "lcm", "launch"),
+    "pcm": ("model", "world", "flow", "trajectories", "distill", "pcm", "launch"),
+    "sample": ("model", "boundary", "world", "flow", "trajectories.guidance_scale", "sample"),
+    "evaluate": ("model.backbone", "world", "flow.steps", "sample", "evaluate"),
+    "report": ("boundary", "flow", "trajectories", "sample.methods"),
+}
+
+
+def sample_plan(params: Params) -> list[tuple[str, int]]:
+    """(method, steps) pairs the sample stage produces: the teacher once at flow.steps."""
+    plan = []
+    for method in params.sample.methods:
+        plan.extend([(method, params.flow.steps)] if method == "teacher" else [(method, k) for k in params.sample.steps])
+    return plan
+
+
+def stage_values(params: Params, stage: str, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The values (dotted keys, JSON types) of the params ``stage`` reads, minus ``ignore``."""
     import json
 
     def under(k: str, names: tuple[str, ...]) -> bool:
         return any(k == n or k.startswith(f"{n}.") for n in names)
 
-    chosen = {k: v for k, v in params.flat().items() if under(k, keys) and not under(k, ignore)}
-    return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    chosen = {k: v for k, v in params.flat().items() if under(k, STAGE_PARAMS[stage]) and not under(k, ignore)}
+    return json.loads(json.dumps(chosen, default=str))
+
+
+def fingerprint(values: dict[str, Any]) -> str:
+    """A short hash of param values (:func:`stage_values`): a checkpoint is resumed only by a run
+    whose fingerprint matches, so a stale checkpoint from other params is never continued."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _flatten(tree: dict[str, Any], prefix: str = ""):
@@ -357,13 +411,14 @@ def _flatten(tree: dict[str, Any], prefix: str = ""):
 
 
 def _format_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid parameters in {source}:"]
+    """One line: every bad key with its value and what is allowed (``dcm params`` lists them all)."""
+    problems = []
     for item in err.errors():
         key = ".".join(str(p) for p in item["loc"]) or "(top level)"
         value = item.get("input")
         shown = "" if isinstance(value, dict) else f" = {value!r}"
-        lines.append(f"  {key}{shown}: {item['msg']}")
-    return "\n".join(lines)
+        problems.append(f"{key}{shown}: {item['msg']}")
+    return f"invalid parameters in {source}: " + "; ".join(problems)
 
 
 def parse_params(data: dict[str, Any] | None, source: str = "params") -> Params:
@@ -377,9 +432,16 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate ``params.yaml``."""
     path = Path(path)
     if not path.exists():
-        raise ParamsError(f"parameter file {path} does not exist")
-    with path.open() as fh:
-        data = yaml.safe_load(fh)
+        raise ParamsError(f"parameter file {path} does not exist (run from the repository root, or pass "
+                          "--params FILE)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ParamsError(f"{path} is not valid YAML{at}: {problem}; fix the file (e.g. an unclosed bracket or "
+                          "quote) and rerun") from None
     if data is not None and not isinstance(data, dict):
         raise ParamsError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
     return parse_params(data, str(path))

@@ -2,9 +2,11 @@
 
 Parameter counts are exact: the transformer (and the PE detail expert on it) is built on the meta
 device from the params (tiny) or from ``model.path/transformer/config.json`` (real backbones), so
-no weights are read. Memory and time are estimates from stated assumptions, printed with the table
-(:attr:`Estimate.assumptions`); they follow what the trainer does today (e.g. the frozen teacher
-stays in fp32 on every GPU).
+no weights are read. The architecture configs of the named checkpoints ship in ``src/dcm/model_configs/<name>/``
+(:func:`shipped_models`), so a real backbone can be estimated before it is downloaded:
+``estimate(params_for_model("wan2.1-14b"), 8, "fsdp")``. Memory and time are estimates from stated
+assumptions, printed with the table (:attr:`Estimate.assumptions`); they follow what the trainer does
+today (e.g. the frozen teacher stays in fp32 on every GPU).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ H100_PEAK = 989.0  # dense bf16 TFLOP/s of an H100 SXM
 TEXT_TOKENS = {"wan": 512, "cogvideox": 226, "hunyuanvideo": 256}  # the adapters' default max_sequence_length
 JOINT = ("cogvideox", "hunyuanvideo")  # text tokens join the self-attention sequence
 GiB = 2**30
+#: shipped architecture configs (``<name>/transformer/config.json``, ``vae/config.json``, ``model.json``)
+MODELS_DIR = Path(__file__).resolve().parent / "model_configs"  # shipped with the package
+MODEL_INFO = "model.json"  # marks a structure-only directory: configs, no weights
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class ModelFacts:
     video_tokens: int
     text_tokens: int
     guidance_branches: int  # transformer calls per guided teacher step (2 with CFG)
+    source: str = ""  # set when the structure came from an architecture config directory, not a checkpoint
 
     @property
     def pe(self) -> int:
@@ -68,7 +74,7 @@ def _skeleton(params: Params):
     import diffusers
 
     cls = backbone_class(m.backbone)
-    path = cls.check(m.path)
+    path = _structure_dir(m.path, m.backbone) or cls.check(m.path)
 
     def meta(folder: str):
         config = json.loads((path / folder / "config.json").read_text())
@@ -82,13 +88,79 @@ def _skeleton(params: Params):
     return backbone
 
 
-def model_facts(params: Params) -> ModelFacts:
-    """Count parameters exactly on meta tensors: teacher, PE detail expert, discriminator."""
+def shipped_models() -> dict[str, Path]:
+    """The shipped architecture configs: name (e.g. ``wan2.1-14b``) -> its directory in ``src/dcm/model_configs``."""
+    if not MODELS_DIR.is_dir():
+        return {}
+    return {d.name: d for d in sorted(MODELS_DIR.iterdir()) if (d / MODEL_INFO).is_file()}
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """``src/dcm/model_configs/<name>/model.json``: what the structure configs alone do not say."""
+
+    name: str
+    path: Path
+    backbone: str  # the adapter kind: wan, cogvideox or hunyuanvideo
+    frames: int  # default video size the checkpoint is used at
+    height: int
+    width: int
+    text_tokens: int  # the pipeline's max_sequence_length
+    published_size: str  # e.g. "14B", as the model's authors name it
+    checkpoint: str  # the full diffusers checkpoint to download for a real run
+
+
+def shipped_model(name: str) -> ShippedModel:
+    """The shipped model ``name``; a ValueError (:class:`ParamsError`) lists the known names."""
+    models = shipped_models()
+    if name not in models:
+        raise ParamsError(f"unknown model {name!r}; shipped architecture configs: "
+                          f"{', '.join(models) or f'none (no {MODELS_DIR})'}")
+    info = json.loads((models[name] / MODEL_INFO).read_text())
+    fields = ("backbone", "frames", "height", "width", "text_tokens", "published_size", "checkpoint")
+    return ShippedModel(name, models[name], **{k: info[k] for k in fields})
+
+
+def params_for_model(name: str, params: Params | None = None, **model: object) -> Params:
+    """``params`` (default: :class:`Params` defaults) set up for the shipped model ``name``: its backbone,
+    video size and text length, and ``model.path`` at its config directory, which holds the architecture
+    only (no weights: good for :func:`estimate`, not for training). ``model`` overrides keys of the
+    ``model`` section, e.g. ``frames=49``."""
+    info = shipped_model(name)
+    section = {"backbone": info.backbone, "path": str(info.path), "frames": info.frames, "height": info.height,
+               "width": info.width, "max_sequence_length": info.text_tokens, **model}
+    return (params or Params()).with_overrides({"model": section})
+
+
+def _structure_dir(path: str | None, backbone: str) -> Path | None:
+    """``path`` when it is a structure-only directory (a shipped config: ``model.json`` and the transformer
+    and VAE ``config.json``), else None (a checkpoint, checked by the adapter)."""
+    from dcm.models.base import BackboneError
+
+    if not path or not (Path(path) / MODEL_INFO).is_file():
+        return None
+    path = Path(path)
+    kind = json.loads((path / MODEL_INFO).read_text()).get("backbone")
+    if kind != backbone:
+        raise ParamsError(f"model.path {path} holds the architecture of a {kind!r} model, but model.backbone = "
+                          f"{backbone!r}")
+    missing = [str(path / f / "config.json") for f in ("transformer", "vae")
+               if not (path / f / "config.json").is_file()]
+    if missing:
+        raise BackboneError(f"architecture config directory {path} is missing {', '.join(missing)}")
+    return path
+
+
+def model_facts(params: Params, model_name: str | None = None) -> ModelFacts:
+    """Count parameters exactly on meta tensors: teacher, PE detail expert, discriminator. With ``model_name``
+    (a :func:`shipped_models` name) the structure comes from its shipped config (:func:`params_for_model`)."""
     from accelerate import init_empty_weights
 
     from dcm.distill.discriminator import Discriminator, FeatureTaps
-    from dcm.distill.experts import ParameterEfficientExpert, count_parameters
+    from dcm.experts import ParameterEfficientExpert, count_parameters
 
+    if model_name is not None:
+        params = params_for_model(model_name, params)
     backbone = _skeleton(params)
     transformer = backbone.transformer
     teacher = count_parameters(transformer.parameters())
@@ -97,7 +169,8 @@ def model_facts(params: Params) -> ModelFacts:
     patch = tuple(backbone.patch_size())
     d = params.detail
     with init_empty_weights():
-        disc = Discriminator(backbone.feature_dim(), len(FeatureTaps(blocks, d.feature_stride).indices), d.head_width)
+        disc = Discriminator(backbone.feature_dim(), len(FeatureTaps(blocks, d.feature_stride).indices), d.head_width,
+                             d.head_frames)
         expert = ParameterEfficientExpert(transformer, backbone.timestep_layers, d.lora_rank, d.lora_alpha,
                                           d.lora_targets)
     lora = sum(p.numel() for n, p in transformer.named_parameters() if "lora_" in n)
@@ -107,9 +180,16 @@ def model_facts(params: Params) -> ModelFacts:
     text = params.model.tiny.text_max_length if params.model.backbone == "tiny" else (
         params.model.max_sequence_length or TEXT_TOKENS[params.model.backbone])
     guided = backbone.guidance == "cfg" and params.trajectories.guidance_scale != 1.0
+    structure = params.model.backbone != "tiny" and _structure_dir(params.model.path, params.model.backbone)
     return ModelFacts(params.model.backbone, teacher, lora, count_parameters(expert.trainable_parameters()) - lora,
                       count_parameters(disc.parameters()), backbone.feature_dim(), len(blocks), latent, patch,
-                      tokens, text, 2 if guided else 1)
+                      tokens, text, 2 if guided else 1,
+                      _shown(structure) if structure else "")
+
+
+def _shown(structure: Path) -> str:
+    where = f"src/dcm/model_configs/{structure.name}" if structure.parent == MODELS_DIR else str(structure)
+    return f"architecture from {where}, no weights read"
 
 
 @dataclass
@@ -139,8 +219,9 @@ class Estimate:
     def render(self) -> str:
         f = self.facts
         lines = [
-            f"dcm estimate: backbone {f.backbone}, latent {f.latent}, patch {f.patch} -> {f.video_tokens:,} video "
-            f"tokens + {f.text_tokens} text tokens, {f.layers} blocks of width {f.width}",
+            f"dcm estimate: backbone {f.backbone}{f' ({f.source})' if f.source else ''}, latent {f.latent}, "
+            f"patch {f.patch} -> {f.video_tokens:,} video tokens + {f.text_tokens} text tokens, {f.layers} blocks "
+            f"of width {f.width}",
             f"hardware: {self.processes} process(es), {self.sharding.upper()}, {self.tflops:g} TFLOP/s sustained "
             f"per GPU; one forward of one sample = {f.forward_flops() / 1e12:.4g} TFLOP",
             "",
@@ -183,8 +264,11 @@ def _time(s: float) -> str:
 
 
 def estimate(params: Params, processes: int | None = None, sharding: Sharding | None = None,
-             tflops: float = 400.0, facts: ModelFacts | None = None) -> Estimate:
-    """Memory per GPU and time of trajectories, semantic, detail and sample for ``params``."""
+             tflops: float = 400.0, facts: ModelFacts | None = None, model_name: str | None = None) -> Estimate:
+    """Memory per GPU and time of trajectories, semantic, detail and sample for ``params``; with ``model_name``
+    for the shipped model of that name (:func:`params_for_model`), no weights on disk needed."""
+    if model_name is not None:
+        params = params_for_model(model_name, params)
     f = facts or model_facts(params)
     n = processes or params.launch.num_processes
     sharding = sharding or _config_sharding(params.launch.config_file)

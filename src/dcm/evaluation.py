@@ -1,12 +1,15 @@
-"""Scoring sample directories: the toy world's analytic scores, fidelity to the teacher, VBench.
+"""Scoring sample folders beyond the toy world: fidelity to the teacher, and VBench.
 
-* Toy scores: :mod:`dcm.world.metrics` per video, aggregated VBench-style.
 * Teacher fidelity: PSNR and SSIM of each video against the teacher's video from the same
   prompt and seed (hence the same initial noise).
-* VBench (package ``vbench``, ``mode="custom_input"``, ``local=True``): ``temporal_flickering``
-  always (it needs no weights); every other custom-input dimension whose weights are found under
-  ``$VBENCH_CACHE_DIR``. Totals use VBench's normalisation over the dimensions present and say
-  which those are; a dimension without weights is reported missing, never scored as 0.
+* VBench (package ``vbench``, ``local=True``): every dimension whose weights and packages are
+  there (:func:`dcm.vbench_suite.availability`; dcm never lets VBench download); the others are
+  reported missing with what they need, never scored. Prompts from VBench's suite
+  (``sample.prompt_file: vbench`` or ``vbench:<dimension>``) are sampled and named as VBench's
+  *standard* mode expects and scored in that mode (all 16 dimensions can run); any other prompts
+  in ``custom_input`` mode (the dimensions VBench allows there). Quality, Semantic and Total use
+  VBench's own normalisation and weights over the dimensions present, and say which those are
+  (:func:`dcm.vbench_scores.vbench_totals`).
 """
 
 from __future__ import annotations
@@ -21,60 +24,51 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# VBench 0.1.5 quality dimensions usable on custom input: (Min, Max, weight) and the files its
-# loaders expect under $VBENCH_CACHE_DIR (reference-facts §8).
-VBENCH_QUALITY = {
-    "subject_consistency": (0.1462, 1.0, 1.0, ["dino_model/dino_vitb16_full.pth"]),
-    "background_consistency": (0.2615, 1.0, 1.0, ["clip_model/ViT-B-32.pt"]),
-    "temporal_flickering": (0.6293, 1.0, 1.0, []),
-    "motion_smoothness": (0.706, 0.9975, 1.0, ["amt_model/amt-s.pth"]),
-    "dynamic_degree": (0.0, 1.0, 0.5, ["raft_model/models/raft-things.pth"]),
-    "aesthetic_quality": (0.0, 1.0, 1.0, ["aesthetic_model/emb_reader/sa_0_4_vit_l_14_linear.pth",
-                                          "clip_model/ViT-L-14.pt"]),
-    "imaging_quality": (0.0, 1.0, 1.0, ["pyiqa_model/musiq_spaq_ckpt-358bb6af.pth"]),
-}
-VBENCH_QUALITY_DIVISOR = 6.5  # VBench's sum of quality weights
+from dcm.vbench_scores import parse_eval_results, vbench_totals
+from dcm.vbench_suite import DIMENSIONS, availability, full_info_path
+
+STANDARD = "standard"
+CUSTOM = "custom_input"
 
 
-def vbench_cache_dir() -> Path:
-    return Path(os.environ.get("VBENCH_CACHE_DIR", Path.home() / ".cache" / "vbench"))
+def vbench_plan(prompt_file: str | None, dimensions: list[str] | None = None) -> tuple[str, list[str],
+                                                                                       dict[str, list[str]]]:
+    """The VBench mode for these prompts, the dimensions that can run, and what the others lack."""
+    mode = STANDARD if prompt_file and (prompt_file == "vbench" or prompt_file.startswith("vbench:")) else CUSTOM
+    wanted = dimensions or [d for d, info in DIMENSIONS.items() if mode == STANDARD or CUSTOM in info.modes]
+    present, missing = availability(wanted)
+    return mode, present, missing
 
 
-def vbench_availability() -> tuple[list[str], dict[str, list[str]]]:
-    """Dimensions that can run, and for the others the weight files missing (full paths)."""
-    cache = vbench_cache_dir()
-    present, missing = [], {}
-    for dim, (*_, files) in VBENCH_QUALITY.items():
-        absent = [str(cache / f) for f in files if not (cache / f).exists()]
-        if absent:
-            missing[dim] = absent
-        else:
-            present.append(dim)
-    return present, missing
-
-
-def run_vbench(video_dir: Path, dimensions: list[str]) -> dict[str, dict[str, float]]:
-    """Per-dimension ``{video file name: score}`` from the vbench package."""
+def run_vbench(video_dir: Path, videos: list[str], dimensions: list[str], mode: str) -> dict[str, dict[str, float]]:
+    """Per-dimension ``{video file name: score}`` from the vbench package. VBench reads every file of
+    the folder it is given, so it gets a folder of links to ``videos`` only."""
     from vbench import VBench
 
-    with tempfile.TemporaryDirectory(prefix="dcm-vbench-") as out:
-        bench = VBench(torch.device("cuda" if torch.cuda.is_available() else "cpu"), None, out)
-        bench.evaluate(videos_path=str(video_dir), name="dcm", dimension_list=dimensions, local=True,
-                       read_frame=False, mode="custom_input")
-        results = json.loads((Path(out) / "dcm_eval_results.json").read_text())
+    with tempfile.TemporaryDirectory(prefix="dcm-vbench-") as work:
+        folder = Path(work) / "videos"
+        folder.mkdir()
+        for name in videos:
+            os.symlink((video_dir / name).resolve(), folder / name)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        bench = VBench(device, str(full_info_path()), work)
+        bench.evaluate(videos_path=str(folder), name="dcm", dimension_list=dimensions, local=True, read_frame=False,
+                       mode="vbench_standard" if mode == STANDARD else CUSTOM)
+        results = json.loads((Path(work) / "dcm_eval_results.json").read_text())
     return {dim: {Path(r["video_path"]).name: float(r["video_results"]) for r in results[dim][1]}
             for dim in dimensions}
 
 
-def vbench_scores(per_dimension: dict[str, float]) -> dict[str, float | str]:
-    """VBench's normalised quality over the dimensions present, labelled with their list."""
-    weighted, weights = 0.0, 0.0
-    for dim, raw in per_dimension.items():
-        lo, hi, weight, _ = VBENCH_QUALITY[dim]
-        weighted += (raw - lo) / (hi - lo) * weight
-        weights += weight
-    return {"vbench_quality": weighted / weights if weights else float("nan"),
-            "vbench_dimensions": ",".join(sorted(per_dimension))}
+def vbench_scores(per_dimension: dict[str, float]) -> dict[str, float | str | bool | None]:
+    """VBench's Quality, Semantic and Total over the dimensions present, labelled with their list."""
+    totals = vbench_totals(per_dimension)
+    return {"vbench_quality": totals["quality"], "vbench_semantic": totals["semantic"], "vbench_total": totals["total"],
+            "vbench_dimensions": ",".join(totals["covers"]), "vbench_partial": totals["partial"]}
+
+
+def mean_scores(results: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Per dimension, the mean over videos (what VBench's results JSON holds as each dimension's score)."""
+    return parse_eval_results({dim: [float(np.mean(list(scores.values()))), []] for dim, scores in results.items()})
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

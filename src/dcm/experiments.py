@@ -8,26 +8,20 @@ both run the queue with ``--jobs`` workers and fail loudly, naming the failed ex
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import yaml
 
-from dcm.config import Params
-from dcm.report import ABLATION_ROWS, table
+from dcm.config import Params, ParamsError
+from dcm.dvc_command import GridError, dvc
+from dcm.errors import UsageError
+from dcm.reporting.tables import ABLATION_ROWS
 
 log = logging.getLogger(__name__)
-
-
-class GridError(RuntimeError):
-    """Some experiments of a grid failed (or never ran)."""
 
 
 def ablation_grid() -> list[tuple[str, dict[str, object]]]:
@@ -38,41 +32,67 @@ def ablation_grid() -> list[tuple[str, dict[str, object]]]:
     return experiments
 
 
+GRIDS = ("ablations", "boundary", "seeds")
+
+
+def named_grid(name: str, values: str | None, params: Params,
+               seeds: str | None = None) -> list[tuple[str, dict[str, object]]]:
+    """The experiments of ``dcm grid NAME``: ``ablations``, ``boundary`` (over ``values``) or ``seeds``
+    (``distill.seed`` over ``values``, default 0,1,2); ``seeds`` crosses a grid with those seeds."""
+    if name == "ablations":
+        grid = ablation_grid()
+    elif name == "boundary":
+        grid = boundary_grid(parse_values(values or "25,30,35,40,45"), params)
+    elif name == "seeds":
+        grid = seed_grid(parse_values(values or "0,1,2"))
+    else:
+        raise UsageError(f"unknown grid {name!r}; known: {', '.join(GRIDS)}")
+    if seeds is None:
+        return grid
+    return [(f"{label}-s{seed}", {**overrides, "distill.seed": seed})
+            for label, overrides in grid for seed in parse_values(seeds)]
+
+
+def seed_grid(seeds: list[int]) -> list[tuple[str, dict[str, object]]]:
+    """The same params at each ``distill.seed`` (batches, LoRA and discriminator initialisation)."""
+    if any(seed < 0 for seed in seeds):
+        raise UsageError(f"seeds {seeds}: a seed is a non-negative integer")
+    return [(f"seed-{seed}", {"distill.seed": seed}) for seed in seeds]
+
+
 def parse_values(text: str) -> list[int]:
     """``30,35,40`` or a range ``20:45:5`` (end excluded, like Python and Hydra's ``range``)."""
     text = text.strip()
     if ":" in text:
-        parts = [int(p) for p in text.split(":")]
+        parts = [_integer(p, text) for p in text.split(":")]
         if len(parts) not in (2, 3):
-            raise ValueError(f"range {text!r} must be start:end or start:end:step")
+            raise UsageError(f"--values {text!r}: a range is start:end or start:end:step")
         values = list(range(*parts))
     else:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        values = [_integer(v, text) for v in text.split(",") if v.strip()]
     if not values:
-        raise ValueError(f"{text!r} names no values")
+        raise UsageError(f"--values {text!r} names no values")
     return values
+
+
+def _integer(part: str, text: str) -> int:
+    try:
+        return int(part)
+    except ValueError:
+        raise UsageError(f"--values {text!r}: {part!r} is not an integer") from None
 
 
 def boundary_grid(values: list[int], params: Params) -> list[tuple[str, dict[str, object]]]:
     bad = [v for v in values if not 1 <= v <= params.flow.steps - 1]
     if bad:
-        raise ValueError(f"boundary values {bad} are outside the grid [1, {params.flow.steps - 1}]")
+        raise UsageError(f"boundary values {bad} are outside the grid [1, {params.flow.steps - 1}] "
+                         f"(flow.steps = {params.flow.steps})")
     return [(f"boundary-{v}", {"boundary": v}) for v in values]
-
-
-def _dvc(*args: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run DVC from this environment; its queue workers find ``dvc`` and ``python`` on PATH."""
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    result = subprocess.run(["dvc", *args], capture_output=True, text=True, cwd=cwd, env=env)
-    if check and result.returncode != 0:
-        raise GridError(f"`dvc {' '.join(args)}` failed:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def queue_status(cwd: Path | None = None) -> dict[str, str]:
     """Experiment name -> status (Queued, Running, Success, Failed) from ``dvc queue status``."""
-    out = _dvc("queue", "status", cwd=cwd).stdout
+    out = dvc("queue", "status", cwd=cwd).stdout
     status = {}
     for line in out.splitlines():
         match = re.match(r"^\s*\S+\s+(\S+)\s+.*\b(Queued|Running|Success|Failed)\s*$", line)
@@ -96,8 +116,8 @@ def run_grid(experiments: list[tuple[str, dict[str, object]]], params: Params, j
             node[last] = yaml.safe_load(str(value))
         try:
             params.with_overrides(nested)
-        except ValueError as err:
-            raise ValueError(f"experiment {label!r} ({overrides}) has invalid params: {err}") from None
+        except ParamsError as err:
+            raise ParamsError(f"experiment {label!r} ({overrides}) has invalid params: {err}") from None
     # The tracking database and experiment exist before any queued run starts, so parallel
     # runs never race to create the schema.
     ensure_experiment(params.tracking.experiment, (cwd or repo_root()).resolve())
@@ -106,10 +126,10 @@ def run_grid(experiments: list[tuple[str, dict[str, object]]], params: Params, j
     for label, overrides in experiments:
         name = f"{prefix}-{label}"
         sets = [arg for key, value in overrides.items() for arg in ("-S", f"{key}={value}")]
-        _dvc("exp", "run", "--queue", "-n", name, *sets, cwd=cwd)
+        dvc("exp", "run", "--queue", "-n", name, *sets, cwd=cwd)
         names.append(name)
         log.info("queued %s (%s)", name, ", ".join(f"{k}={v}" for k, v in overrides.items()))
-    run = _dvc("exp", "run", "--run-all", "--jobs", str(jobs), check=False, cwd=cwd)
+    run = dvc("exp", "run", "--run-all", "--jobs", str(jobs), check=False, cwd=cwd)
     status = queue_status(cwd)
     failed = [n for n in names if status.get(n) != "Success"]
     if failed or run.returncode != 0:
@@ -117,97 +137,3 @@ def run_grid(experiments: list[tuple[str, dict[str, object]]], params: Params, j
         raise GridError(f"{len(failed)} of {len(names)} experiments failed: {details}. "
                         f"Inspect them with `dvc queue logs <name>`.\n{run.stderr[-2000:]}")
     return names
-
-
-def mlflow_runs(params: Params) -> pd.DataFrame:
-    """One row per DVC experiment (its parent run): flags, boundary and headline metrics."""
-    import mlflow
-
-    from dcm.tracking import ensure_experiment
-
-    experiment = ensure_experiment(params.tracking.experiment)
-    runs = mlflow.search_runs([experiment], filter_string="tags.`dcm.parent` = 'true'",
-                              order_by=["start_time DESC"])
-    if runs.empty:
-        return runs
-    frame = pd.DataFrame({
-        "experiment": runs["tags.dvc.exp_name"],
-        "od": runs["tags.ablation.od"] == "True", "pe": runs["tags.ablation.pe"] == "True",
-        "tc": runs["tags.ablation.tc"] == "True", "gf": runs["tags.ablation.gf"] == "True",
-        "boundary": runs["tags.boundary"].astype(int),
-    })
-    for column in runs.columns:
-        if column.startswith("metrics.dcm_") or column.startswith("metrics.teacher_"):
-            frame[column[len("metrics."):]] = runs[column]
-    return frame
-
-
-def dvc_runs(cwd: Path | None = None) -> pd.DataFrame:
-    """The same table from ``dvc exp show --json`` (params and reports/metrics.json)."""
-    data = json.loads(_dvc("exp", "show", "--json", cwd=cwd).stdout)
-    rows = []
-    for baseline in data:
-        for entry in [baseline, *[e for exp in (baseline.get("experiments") or []) for e in exp.get("revs", [])]]:
-            d = entry.get("data") or {}
-            params = ((d.get("params") or {}).get("params.yaml") or {}).get("data") or {}
-            metrics = ((d.get("metrics") or {}).get("reports/metrics.json") or {}).get("data") or {}
-            if not params or not metrics:
-                continue
-            rev = entry.get("rev", "")
-            row = {"experiment": entry.get("name") or (rev if rev == "workspace" else rev[:7]),
-                   **{k: params["ablation"][k] for k in ("od", "pe", "tc", "gf")}, "boundary": params["boundary"]}
-            for key, values in metrics.items():
-                for name in ("total", "quality", "semantic", "latency_s"):
-                    if name in values:
-                        row[f"{key.replace('@', '_')}/{name}"] = values[name]
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def ablation_markdown(frame: pd.DataFrame, steps: tuple[int, ...] = (4, 8)) -> str:
-    """Table 3 analog: the latest experiment of each ablation setting (at the most common boundary)."""
-    lines = ["# Ablations (paper Table 3 analog)", "",
-             "DCM's toy-world scores per ablation setting; the latest DVC experiment of each setting "
-             "at its boundary. Paper (HunyuanVideo, 4 steps, VBench Total %): none 80.30; OD 83.08; "
-             "OD+PE 83.03; OD+PE+TC 83.42; OD+PE+GF 83.71; all four 83.80.", ""]
-    if frame.empty:
-        return "\n".join(lines + ["No experiments found.", ""])
-    rows = []
-    for label, flags in ABLATION_ROWS:
-        match = frame[(frame.od == flags[0]) & (frame.pe == flags[1]) & (frame.tc == flags[2]) & (frame.gf == flags[3])]
-        if match.empty:
-            continue
-        run = match.iloc[0]
-        cells = [label, str(run["experiment"]), str(run["boundary"])]
-        for k in steps:
-            value = run.get(f"dcm_{k}/total")
-            cells.append("–" if value is None or pd.isna(value) else f"{value:.4f}")
-        rows.append(cells)
-    header = ["setting", "experiment", "boundary", *[f"DCM@{k} Total" for k in steps]]
-    return "\n".join(lines + [table(rows, header), ""])
-
-
-def boundary_plot(frame: pd.DataFrame, path: Path, steps: tuple[int, ...] = (4, 8)) -> None:
-    """Total against boundary for the full method (paper Fig. 10, right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from dcm.io import atomic_path
-
-    full = frame[frame.od & frame.pe & frame.tc & frame.gf] if not frame.empty else frame
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    for k in steps:
-        column = f"dcm_{k}/total"
-        if not full.empty and column in full:
-            points = full.dropna(subset=[column]).groupby("boundary")[column].first().sort_index()
-            ax.plot(points.index, points.values, "o-", label=f"DCM, {k} steps")
-    ax.set_xlabel("boundary (grid index)")
-    ax.set_ylabel("Total (toy world)")
-    ax.set_title("Total against boundary (cf. paper Fig. 10, right)")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)

@@ -22,7 +22,7 @@ The pipeline's switch still matches dcm's (the detail expert runs every step fro
 below the boundary sigma), but the students are then evaluated off the points they were trained
 on. To see (and score) exactly what the exported pipeline produces, sample with
 ``sample.schedule: stock`` (``dvc exp run -S sample.schedule=stock``), which runs dcm's sampler on
-:func:`dcm.students.stock_sigmas`.
+:func:`dcm.sampling.stock_sigmas`.
 """
 
 from __future__ import annotations
@@ -41,11 +41,13 @@ from torch import nn
 
 from dcm import flow
 from dcm.config import Params
-from dcm.distill.experts import ParameterEfficientExpert
-from dcm.distill.trainer import EXPERT_INFO, load_full_student
+from dcm.errors import DcmError
+from dcm.experts import ParameterEfficientExpert
 from dcm.io import atomic_write_text, write_json
+from dcm.layout import DETAIL_CONFIG, DETAIL_WEIGHTS, STUDENT_MODEL, Layout
 from dcm.models import META, WanBackbone, load_backbone
-from dcm.students import SamplingError, schedule, stock_sigmas
+from dcm.sampling import SamplingError, schedule, stock_sigmas
+from dcm.students import StudentError, StudentRecord, check_record, load_full_model
 
 #: added to the boundary sigma for ``boundary_ratio``: dcm runs the detail expert at sigmas <= the
 #: boundary's, WanPipeline runs ``transformer_2`` at timesteps strictly below ``1000 * boundary_ratio``,
@@ -59,7 +61,7 @@ TRANSFORMERS = {"wan": "WanTransformer3DModel", "cogvideox": "CogVideoXTransform
                 "hunyuanvideo": "HunyuanVideoTransformer3DModel"}
 
 
-class ExportError(ValueError):
+class ExportError(DcmError, ValueError):
     """An export that cannot be made from these params and artifacts."""
 
 
@@ -98,20 +100,19 @@ def _require(path: Path, what: str, stage: str) -> None:
         raise ExportError(f"{what} is missing: expected {path} (run `dvc repro {stage}` first)")
 
 
-def _detail_kind(params: Params, artifacts: Path) -> str:
-    """What the detail stage wrote ("pe", "full" or "none"), checked against params and on disk."""
-    info = artifacts / "detail" / EXPERT_INFO
-    _require(info, "the detail expert", "detail")
-    kind = json.loads(info.read_text())["kind"]
-    a = params.ablation
-    expected = "none" if not a.od else "pe" if a.pe else "full"
-    if kind != expected:
-        raise ExportError(f"{info} holds a {kind!r} detail expert but params (ablation.od={a.od}, ablation.pe={a.pe}) "
-                          f"call for {expected!r}: the detail stage is stale, rerun `dvc repro detail`")
-    needed = {"pe": ("detail.safetensors", "detail.json"), "full": ("model/config.json",), "none": ()}[kind]
+def _checked_students(params: Params, layout: Layout) -> str:
+    """Check the semantic and detail records against params (a stale expert is refused, naming the
+    stage to rerun); return what the detail stage wrote ("pe", "full" or "none")."""
+    try:
+        for stage in ("semantic", "detail"):
+            record = StudentRecord.read(layout.student(stage), stage)
+            check_record(record, params, layout)
+    except StudentError as err:
+        raise ExportError(str(err)) from None
+    needed = {"pe": (DETAIL_WEIGHTS, DETAIL_CONFIG), "full": (f"{STUDENT_MODEL}/config.json",), "none": ()}[record.kind]
     for name in needed:
-        _require(artifacts / "detail" / name, f"the {kind} detail expert's {name}", "detail")
-    return kind
+        _require(layout.student("detail") / name, f"the {record.kind} detail expert's {name}", "detail")
+    return record.kind
 
 
 def _check_backbone(params: Params, fmt: str) -> None:
@@ -149,8 +150,8 @@ def _experts(sigmas: list[float], uses_detail, two: bool) -> list[str]:
     return [("detail" if uses_detail(s) else "semantic") if two else "vanilla" for s in sigmas[:-1]]
 
 
-def export_wan_pipeline(params: Params, teacher_dir: Path, artifacts: Path = Path("artifacts"),
-                        out_dir: Path = Path("artifacts/export/wan"), steps: int = 4) -> Path:
+def export_wan_pipeline(params: Params, layout: Layout = Layout(), out_dir: Path | None = None,
+                        steps: int = 4) -> Path:
     """Write the DCM student of a Wan backbone as a ``diffusers.WanPipeline`` directory (see the module
     docstring for what it runs); everything is checked before any weights are loaded."""
     from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
@@ -158,18 +159,19 @@ def export_wan_pipeline(params: Params, teacher_dir: Path, artifacts: Path = Pat
     _check_backbone(params, "pipeline")
     if steps < 1:
         raise ExportError(f"steps = {steps}: the pipeline needs at least one step")
+    out_dir = out_dir or layout.export("pipeline")
+    teacher_dir = layout.teacher_model
     _require(teacher_dir / META, "the teacher directory's backbone.json", "teacher")
     link = json.loads((teacher_dir / META).read_text())
     if link["kind"] != "wan":
         raise ExportError(f"{teacher_dir / META} points at a {link['kind']!r} backbone, params say 'wan'")
     WanBackbone.check(link["path"])
-    _require(artifacts / "semantic" / "model" / "config.json", "the semantic expert", "semantic")
-    kind = _detail_kind(params, artifacts)
+    kind = _checked_students(params, layout)
 
     backbone = load_backbone(teacher_dir)
-    semantic = load_full_student(artifacts / "semantic", backbone)
-    detail = (merge_detail_expert(semantic, artifacts / "detail") if kind == "pe"
-              else load_full_student(artifacts / "detail", backbone) if kind == "full" else None)
+    semantic = load_full_model(layout.student("semantic"), backbone, "semantic")
+    detail = (merge_detail_expert(semantic, layout.student("detail")) if kind == "pe"
+              else load_full_model(layout.student("detail"), backbone, "detail") if kind == "full" else None)
     n, b, shift = params.flow.steps, params.boundary, params.flow.shift
     grid = flow.sigma_grid(n, shift)
     boundary_sigma = float(grid[b])
@@ -244,27 +246,27 @@ Expect the pipeline's videos to differ from dcm's at the same step count: the ex
 noise levels they were not distilled for. dcm's own sampler on the stock schedule reproduces this
 pipeline exactly:
 `sample.schedule: stock` in dcm's params (`dvc exp run -S sample.schedule=stock`), which runs dcm's
-sampler on `dcm.students.stock_sigmas({k}, {info['shift']})`.
+sampler on `dcm.sampling.stock_sigmas({k}, {info['shift']})`.
 `dcm_export.json` lists both schedules and the source params.
 """
 
 
-def export_detail_lora(params: Params, artifacts: Path = Path("artifacts"),
-                       out_dir: Path = Path("artifacts/export/detail_lora")) -> Path:
+def export_detail_lora(params: Params, layout: Layout = Layout(), out_dir: Path | None = None) -> Path:
     """Write the PE detail expert as ``pytorch_lora_weights.safetensors`` (loadable by the backbone
     pipeline's ``load_lora_weights``) plus ``copied_layers.safetensors``, both on top of the semantic
     expert; no model is loaded."""
     import diffusers
 
     _check_backbone(params, "lora")
-    _require(artifacts / "semantic" / "model" / "config.json", "the semantic expert (the LoRA's base)", "semantic")
-    kind = _detail_kind(params, artifacts)
+    out_dir = out_dir or layout.export("lora")
+    kind = _checked_students(params, layout)
+    detail_dir = layout.student("detail")
     if kind != "pe":
-        raise ExportError(f"the detail expert in {artifacts / 'detail'} is {kind!r}, not parameter-efficient (pe): "
+        raise ExportError(f"the detail expert in {detail_dir} is {kind!r}, not parameter-efficient (pe): "
                           "there is no LoRA to export" + ("; use `dcm export --format pipeline`" if kind == "full"
                                                           and params.model.backbone == "wan" else ""))
-    config = json.loads((artifacts / "detail" / "detail.json").read_text())
-    state = load_file(str(artifacts / "detail" / "detail.safetensors"))
+    config = json.loads((detail_dir / DETAIL_CONFIG).read_text())
+    state = load_file(str(detail_dir / DETAIL_WEIGHTS))
     lora = {k[len("lora."):]: v for k, v in state.items() if k.startswith("lora.")}
     copied = copied_layers(state, config["timestep_layers"])
     metadata = {"r": config["r"], "lora_alpha": config["lora_alpha"], "target_modules": config["target_modules"]}
@@ -279,11 +281,12 @@ def export_detail_lora(params: Params, artifacts: Path = Path("artifacts"),
                                                        transformer_lora_adapter_metadata=metadata)
         save_file(copied, str(tmp / COPIED_FILE))
         write_json(tmp / "dcm_export.json", info)
-        atomic_write_text(tmp / "README.md", _lora_readme(out_dir, artifacts, params, info))
+        atomic_write_text(tmp / "README.md", _lora_readme(out_dir, layout.student("semantic") / STUDENT_MODEL,
+                                                          params, info))
     return out_dir
 
 
-def _lora_readme(out_dir: Path, artifacts: Path, params: Params, info: dict) -> str:
+def _lora_readme(out_dir: Path, semantic: Path, params: Params, info: dict) -> str:
     pipeline, b, n = PIPELINES[params.model.backbone], params.boundary, params.flow.steps
     model = TRANSFORMERS[params.model.backbone]
     where = (f"at and below flow sigma {info['boundary_sigma']:.7f} (timestep {1000 * info['boundary_sigma']:.3f})"
@@ -292,7 +295,7 @@ def _lora_readme(out_dir: Path, artifacts: Path, params: Params, info: dict) -> 
              f"(`dcm.models.load_backbone(teacher).sigma_grid({n}, shift)[{b}]`) down to 0")
     return f"""# DCM detail expert as a diffusers LoRA ({pipeline})
 
-The detail expert = the **semantic expert** (`{artifacts / "semantic" / "model"}`, not the original teacher)
+The detail expert = the **semantic expert** (`{semantic}`, not the original teacher)
 + this LoRA (r={info['lora']['r']}, alpha={info['lora']['lora_alpha']}, on {', '.join(info['lora']['target_modules'])})
 + the copied timestep layers ({', '.join(info['copied_layers'])}) in `{COPIED_FILE}`, keyed by their
 paths in the transformer. It is trained for the low-noise steps: {where}.
@@ -300,7 +303,7 @@ paths in the transformer. It is trained for the low-noise steps: {where}.
 ```python
 from diffusers import {pipeline}, {model}
 from safetensors.torch import load_file
-semantic = {model}.from_pretrained("{artifacts / "semantic" / "model"}")
+semantic = {model}.from_pretrained("{semantic}")
 pipe = {pipeline}.from_pretrained("{params.model.path}", transformer=semantic)
 pipe.load_lora_weights("{out_dir}", adapter_name="detail")
 assert not pipe.transformer.load_state_dict(load_file("{out_dir}/{COPIED_FILE}"), strict=False).unexpected_keys

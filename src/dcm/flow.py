@@ -1,6 +1,6 @@
 """Flow-matching maths shared by the teacher, the students and the samplers.
 
-Conventions (reference-facts §1):
+Conventions (the flow-matching form of the paper's Sec. 3.1, Eq. 1-3, as HunyuanVideo and Wan use it):
 
 * noising: ``x_sigma = sigma * eps + (1 - sigma) * x0``; the network predicts the velocity
   ``v = eps - x0`` and is called with the timestep ``t = 1000 * sigma``;

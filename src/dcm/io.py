@@ -18,6 +18,8 @@ import av
 import numpy as np
 import torch
 
+from dcm.errors import MissingInputError, SampleFolderError
+
 MANIFEST = "manifest.jsonl"
 REQUIRED_FIELDS = ("file", "prompt", "seed", "method", "steps")
 
@@ -99,7 +101,8 @@ def read_manifest(directory: str | Path) -> list[dict[str, Any]]:
     directory = Path(directory)
     path = directory / MANIFEST
     if not path.exists():
-        raise FileNotFoundError(f"sample directory {directory} has no {MANIFEST}")
+        raise MissingInputError(f"sample directory {directory} has no {MANIFEST} (run the stage that samples it: "
+                                "`dvc repro sample`)")
     records = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
@@ -107,10 +110,10 @@ def read_manifest(directory: str | Path) -> list[dict[str, Any]]:
         record = json.loads(line)
         missing = [k for k in REQUIRED_FIELDS if k not in record]
         if missing:
-            raise ValueError(f"{path}:{number} lacks {', '.join(missing)}")
+            raise SampleFolderError(f"{path}:{number} lacks {', '.join(missing)}")
         if not (directory / record["file"]).exists():
-            raise FileNotFoundError(f"{path}:{number} names {record['file']}, which is not in {directory}")
+            raise SampleFolderError(f"{path}:{number} names {record['file']}, which is not in {directory}")
         records.append(record)
     if not records:
-        raise ValueError(f"{path} lists no videos")
+        raise SampleFolderError(f"{path} lists no videos")
     return records

@@ -1,170 +1,183 @@
-"""Few-step generators: the trained students, with DCM's switch between experts by timestep.
+"""Trained students on disk: what a student stage writes, and how sampling and export load it.
 
-Every method samples with plain Euler steps on a subset of the teacher's grid and guidance 1
-(the students learned the CFG-guided teacher). Schedules, as grid indices from noise to clean:
+A student stage (``semantic``, ``detail``, ``lcm``, ``pcm``) writes into its folder
+(:class:`dcm.layout.Layout`):
 
-* ``lcm``, ``pcm``: ``k`` steps spread uniformly over the grid (for PCM with ``k`` a multiple of
-  its phases, the steps land on the phase edges);
-* ``dcm``: ``k / 2`` steps uniform inside the semantic sub-trajectory ``[N, boundary]`` and
-  ``k / 2`` inside the detail sub-trajectory ``[boundary, 0]``; the semantic expert runs at
-  sigmas above the boundary's, the detail expert at and below it.
+* ``expert.json``, the :class:`StudentRecord`: role, kind (``full``, ``pe`` or ``none``), the
+  phases and boundary it learned, every param its stage reads (``dcm.config.STAGE_PARAMS``) as it
+  was when it trained, and fingerprints of its inputs (the trajectories; the semantic expert under
+  a detail expert);
+* a full student as a diffusers model directory (``model/``), or the PE detail expert as
+  ``detail.safetensors`` + ``detail.json`` (:class:`dcm.experts.ParameterEfficientExpert`).
 
-Both experts stay in memory: with PE the detail expert is the LoRA and copied layers switched in
-on the shared base for the call; with OD it is a second transformer.
+Everything that loads a student goes through :func:`load_student`, which compares the record
+with the current params first: a sampler never switches experts at a boundary they were not
+trained with, and the error names the key that differs and the stage to rerun.
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from dcm.distill.experts import ParameterEfficientExpert
-from dcm.distill.trainer import EXPERT_INFO, load_full_student
+from dcm.config import Params, stage_values
+from dcm.experts import ParameterEfficientExpert
+from dcm.io import atomic_path, atomic_write_text
+from dcm.layout import DETAIL_CONFIG, DETAIL_WEIGHTS, EXPERT_RECORD, STUDENT_MODEL, TRAJECTORY_MANIFEST, Layout
 from dcm.models.base import Backbone
+from dcm.sampling import METHODS, Sampler, SamplingError, method_sigmas
 
-METHODS = ("teacher", "lcm", "pcm", "dcm")
-
-
-class SamplingError(ValueError):
-    """A method or step count that cannot be served, or a student that is not there."""
-
-
-def uniform_indices(start: int, end: int, steps: int) -> list[int]:
-    """``steps + 1`` grid indices from ``start`` down to ``end``, as evenly spaced as integers allow."""
-    if steps < 1 or steps > start - end:
-        raise SamplingError(f"cannot take {steps} steps between grid indices {start} and {end}")
-    return [round(start - (start - end) * j / steps) for j in range(steps + 1)]
+# Settings that do not change what a student learned, so a change needs no retraining.
+NOT_LEARNED = ("distill.checkpoint_every", "distill.log_every", "distill.bucket_every", "distill.buckets",
+               "distill.validate_every", "distill.validate_videos",
+               "launch.config_file", "trajectories.batch_size", "trajectories.shard_size")
 
 
-def schedule(method: str, steps: int, grid_steps: int, boundary: int) -> list[int]:
-    """Grid indices a method visits, noise end first."""
-    if method == "teacher":
-        if steps != grid_steps:
-            raise SamplingError(f"the teacher samples the full {grid_steps}-step grid, not {steps} steps")
-        return list(range(grid_steps, -1, -1))
-    if method in ("lcm", "pcm"):
-        return uniform_indices(grid_steps, 0, steps)
-    if method == "dcm":
-        if steps % 2:
-            raise SamplingError(f"dcm splits its steps evenly between two experts; {steps} is odd (try {steps + 1})")
-        half = steps // 2
-        return uniform_indices(grid_steps, boundary, half)[:-1] + uniform_indices(boundary, 0, half)
-    raise SamplingError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-
-
-def stock_sigmas(steps: int, shift: float) -> list[float]:
-    """The sigmas (noise end first, ending at 0) that a stock ``FlowMatchEulerDiscreteScheduler(shift)``
-    visits after ``set_timesteps(steps)``, read from a real scheduler so they match it bit for bit:
-    what an exported pipeline runs (``sample.schedule: stock``)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
-    scheduler.set_timesteps(steps)
-    return [float(s) for s in scheduler.sigmas]
+class StudentError(SamplingError):
+    """A student that is missing, or that was trained with other params than params.yaml's."""
 
 
 @dataclass
-class Generator:
-    """A method ready to sample: a velocity function of ``(x, sigma, text)`` and its schedule."""
+class StudentRecord:
+    """What one student stage trained (``expert.json``)."""
 
-    method: str
-    steps: int
-    sigmas: list[float]  # visited noise levels, noise end first
-    guidance_scale: float
-    semantic: torch.nn.Module
-    detail: torch.nn.Module | None = None  # DCM only
-    boundary_sigma: float | None = None
+    stage: str
+    role: str
+    kind: str  # "full": a diffusers model directory; "pe": LoRA + copies on the semantic expert; "none"
+    phases: list[list[int]]
+    boundary: int | None
+    trained_with: dict[str, Any]  # the stage's params (dotted keys), as they were
+    inputs: dict[str, str] = field(default_factory=dict)  # input name -> fingerprint
+    summary: dict[str, Any] = field(default_factory=dict)  # steps, parameter counts, timing
 
-    def uses_detail(self, sigma: float) -> bool:
-        return self.detail is not None and sigma <= self.boundary_sigma + 1e-7
+    @property
+    def fingerprint(self) -> str:
+        payload = json.dumps({"trained_with": self.trained_with, "inputs": self.inputs}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
-    @contextlib.contextmanager
-    def detail_model(self) -> Iterator[torch.nn.Module]:
-        """The detail expert for a run of detail steps: PE is fused in place (no reload, no
-        per-step LoRA cost); OD is the second transformer already in memory."""
-        if isinstance(self.detail, ParameterEfficientExpert):
-            with self.detail.fused() as model:
-                yield model
-        else:
-            yield self.detail
+    def write(self, directory: Path) -> None:
+        atomic_write_text(directory / EXPERT_RECORD, json.dumps(asdict(self), indent=2) + "\n")
 
-
-def _require(path: Path, what: str) -> None:
-    if not path.exists():
-        raise SamplingError(f"{what} is missing: expected {path} (run its DVC stage first)")
-
-
-def method_sigmas(method: str, steps: int, backbone: Backbone, params) -> list[float]:
-    """The noise levels a method visits at ``steps`` steps, noise end first (checks the schedule)."""
-    grid = backbone.sigma_grid(params.flow.steps, params.flow.shift)
-    sigmas = [float(grid[i]) for i in schedule(method, steps, params.flow.steps, params.boundary)]
-    if method != "teacher" and params.sample.schedule == "stock":
-        return stock_sigmas(steps, params.flow.shift)
-    return sigmas
+    @classmethod
+    def read(cls, directory: Path, stage: str) -> StudentRecord:
+        path = directory / EXPERT_RECORD
+        if not path.exists():
+            raise StudentError(f"the {stage} student is missing: expected {path} (run `dvc repro {stage}` or "
+                               f"`dcm {stage}` first)")
+        data = json.loads(path.read_text())
+        missing = [k for k in ("stage", "role", "kind", "trained_with") if k not in data]
+        if missing:
+            raise StudentError(f"{path} was written by an older dcm (no {', '.join(missing)}): rerun "
+                               f"`dvc repro {stage}`")
+        return cls(**data)
 
 
-def check_method(method: str, artifacts: Path = Path("artifacts")) -> None:
-    """Fail before any compute when a file the method samples from is missing."""
-    if method in ("lcm", "pcm"):
-        _require(artifacts / method / "model" / "config.json", f"the {method} student")
-    elif method == "dcm":
-        _require(artifacts / "semantic" / "model" / "config.json", "the semantic expert")
-        _require(artifacts / "detail" / EXPERT_INFO, "the detail expert")
-        if json.loads((artifacts / "detail" / EXPERT_INFO).read_text())["kind"] == "pe":
-            _require(artifacts / "detail" / "detail.safetensors", "the PE detail expert's weights")
-    elif method != "teacher":
+def learned_values(params: Params, stage: str) -> dict[str, Any]:
+    """The params a student of ``stage`` depends on (its stage's params, minus :data:`NOT_LEARNED`)."""
+    return stage_values(params, stage, ignore=NOT_LEARNED)
+
+
+def trajectory_fingerprint(layout: Layout) -> str | None:
+    manifest = layout.trajectories / TRAJECTORY_MANIFEST
+    return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16] if manifest.exists() else None
+
+
+def check_record(record: StudentRecord, params: Params, layout: Layout) -> None:
+    """Raise :class:`StudentError` when the student was trained with other params or inputs."""
+    stage, where = record.stage, layout.student(record.stage)
+    current = learned_values(params, stage)
+    changed = sorted(k for k in set(current) | set(record.trained_with) if current.get(k) != record.trained_with.get(k))
+    if changed:
+        shown = "; ".join(f"{k} = {record.trained_with.get(k)!r} there, {current.get(k)!r} in params.yaml"
+                          for k in changed[:4])
+        more = f" (and {len(changed) - 4} more)" if len(changed) > 4 else ""
+        raise StudentError(f"{where} was trained with other params: {shown}{more}. Rerun the {stage} stage "
+                           f"(`dvc repro {stage}`, or `dcm {stage}`) before sampling or exporting")
+    trajectories = trajectory_fingerprint(layout)
+    if trajectories and record.inputs.get("trajectories") not in (None, trajectories):
+        raise StudentError(f"{where} was trained on other trajectories than {layout.trajectories}: rerun "
+                           f"`dvc repro {stage}`")
+    if "semantic" in record.inputs:
+        semantic = StudentRecord.read(layout.student("semantic"), "semantic")
+        if semantic.fingerprint != record.inputs["semantic"]:
+            raise StudentError(f"{where} was trained on another semantic expert than {layout.student('semantic')}: "
+                               f"rerun `dvc repro {stage}`")
+
+
+def save_full_model(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    """Write ``model``'s config and ``state_dict`` (gathered from every process) as a diffusers
+    model directory. ``save_pretrained`` reads ``model.state_dict()`` itself, which under FSDP is
+    a collective that only the main process would join; shards are named as diffusers names them."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_config(path)
+    split = split_torch_state_dict_into_shards(state_dict, filename_pattern="diffusion_pytorch_model{suffix}.safetensors",
+                                               max_shard_size="10GB")
+    for filename, names in split.filename_to_tensors.items():
+        with atomic_path(path / filename) as tmp:
+            save_file({n: state_dict[n].contiguous() for n in names}, str(tmp), metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        atomic_write_text(path / "diffusion_pytorch_model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
+
+
+def load_full_model(directory: Path, backbone: Backbone, stage: str) -> torch.nn.Module:
+    """A fully fine-tuned student (``<stage>/model``), of the backbone's transformer class."""
+    path = directory / STUDENT_MODEL
+    if not (path / "config.json").exists():
+        raise StudentError(f"no trained {stage} student at {path} (expected {path / 'config.json'}); run "
+                           f"`dvc repro {stage}` first")
+    return backbone.load_transformer(path)
+
+
+def load_student(stage: str, backbone: Backbone, params: Params, layout: Layout = Layout(),
+                 semantic: torch.nn.Module | None = None) -> tuple[StudentRecord, torch.nn.Module | None]:
+    """The checked record of ``stage`` and its model: a transformer, a PE expert on ``semantic``
+    (loaded from ``layout`` when not given), or ``None`` when the stage trained nothing."""
+    directory = layout.student(stage)
+    record = StudentRecord.read(directory, stage)
+    check_record(record, params, layout)
+    if record.kind == "none":
+        return record, None
+    if record.kind == "pe":
+        for name in (DETAIL_WEIGHTS, DETAIL_CONFIG):
+            if not (directory / name).exists():
+                raise StudentError(f"the PE detail expert's {name} is missing: expected {directory / name} "
+                                   f"(rerun `dvc repro {stage}`)")
+        base = semantic if semantic is not None else load_student("semantic", backbone, params, layout)[1]
+        return record, ParameterEfficientExpert.load(base, directory)
+    return record, load_full_model(directory, backbone, stage)
+
+
+def student_stages(method: str) -> tuple[str, ...]:
+    """The student stages a method samples from."""
+    return {"teacher": (), "lcm": ("lcm",), "pcm": ("pcm",), "dcm": ("semantic", "detail")}[method]
+
+
+def check_method(method: str, params: Params, layout: Layout = Layout()) -> None:
+    """Fail before any compute when a student the method needs is missing or stale."""
+    if method not in METHODS:
         raise SamplingError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    for stage in student_stages(method):
+        check_record(StudentRecord.read(layout.student(stage), stage), params, layout)
 
 
-def load_generator(method: str, steps: int, backbone: Backbone, params, artifacts: Path = Path("artifacts")) -> Generator:
-    """Load a method's model(s) from the stage folders, checking everything before any compute."""
+def load_sampler(method: str, steps: int, backbone: Backbone, params: Params, layout: Layout = Layout()) -> Sampler:
+    """A method's model(s) from the stage folders, checked against params before any compute."""
     sigmas = method_sigmas(method, steps, backbone, params)
-    check_method(method, artifacts)
+    check_method(method, params, layout)
     if method == "teacher":
-        return Generator(method, steps, sigmas, params.trajectories.guidance_scale, backbone.transformer)
+        return Sampler(method, steps, sigmas, params.trajectories.guidance_scale, backbone.transformer)
     if method in ("lcm", "pcm"):
-        return Generator(method, steps, sigmas, 1.0, load_full_student(artifacts / method, backbone))
-    semantic = load_full_student(artifacts / "semantic", backbone)
-    kind = json.loads((artifacts / "detail" / EXPERT_INFO).read_text())["kind"]
-    if kind == "none":  # ablation.od = false: one vanilla model for every step
-        detail = None
-    elif kind == "pe":
-        detail = ParameterEfficientExpert.load(semantic, artifacts / "detail")
-    else:
-        detail = load_full_student(artifacts / "detail", backbone)
+        return Sampler(method, steps, sigmas, 1.0, load_student(method, backbone, params, layout)[1])
+    _, semantic = load_student("semantic", backbone, params, layout)
+    _, detail = load_student("detail", backbone, params, layout, semantic=semantic)
     boundary_sigma = float(backbone.sigma_grid(params.flow.steps, params.flow.shift)[params.boundary])
-    return Generator(method, steps, sigmas, 1.0, semantic, detail, boundary_sigma)
-
-
-@torch.no_grad()
-def sample(generator: Generator, backbone: Backbone, prompts: list[str], seeds: list[int],
-           shape: tuple[int, ...], batch_size: int = 16, progress: bool = False) -> torch.Tensor:
-    """Latents ``(B, C, T, H, W)`` of latent ``shape`` for ``prompts``, each from its seed's noise."""
-    from tqdm.auto import tqdm
-
-    from dcm import flow
-    from dcm.sampling import initial_noise
-
-    device = next(generator.semantic.parameters()).device
-    empty = backbone.encode_prompts([""]).to(device)
-    sigmas = torch.tensor(generator.sigmas)
-    out = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc=f"{generator.method}@{generator.steps}",
-                      unit="batch", disable=not progress, leave=False):
-        text = backbone.encode_prompts(prompts[start:start + batch_size]).to(device)
-        noise = initial_noise(seeds[start:start + batch_size], shape).to(device)
-        x = backbone.initial_latents(noise, generator.sigmas[0])
-        with contextlib.ExitStack() as stack:
-            model, in_detail = generator.semantic, False
-            for a, b in zip(sigmas[:-1], sigmas[1:], strict=True):
-                if generator.uses_detail(float(a)) and not in_detail:  # one switch per batch
-                    model, in_detail = stack.enter_context(generator.detail_model()), True
-                velocity = backbone.guided_velocity(model, text, empty.expand(len(x), -1, -1), generator.guidance_scale)
-                x = flow.euler_step(x, velocity(x, a), a, b)
-        out.append(x.cpu())
-    return torch.cat(out)
+    return Sampler(method, steps, sigmas, 1.0, semantic, detail, boundary_sigma)

@@ -45,17 +45,26 @@ def git_revision(root: Path) -> str:
         return "unknown"
 
 
+#: MLflow's tag for what an experiment holds; "custom_model_development" makes its UI open the runs
+#: table (training runs), not the GenAI overview of traces it shows an experiment of unknown kind
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def ensure_experiment(name: str, root: Path | None = None) -> str:
-    """Create (once) the experiment with its artifacts under ``<root>/mlartifacts``."""
+    """Create (once) the experiment with its artifacts under ``<root>/mlartifacts``, tagged as
+    training runs (:data:`EXPERIMENT_KIND`)."""
     root = root or repo_root()
     mlflow.set_tracking_uri(tracking_uri(root))
     experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return mlflow.create_experiment(name, artifact_location=(root / "mlartifacts" / name).as_uri())
-    except mlflow.exceptions.MlflowException:  # created by a concurrent process in between
-        return mlflow.get_experiment_by_name(name).experiment_id
+    if experiment is None:
+        try:
+            return mlflow.create_experiment(name, artifact_location=(root / "mlartifacts" / name).as_uri(),
+                                            tags=dict([EXPERIMENT_KIND]))
+        except mlflow.exceptions.MlflowException:  # created by a concurrent process in between
+            experiment = mlflow.get_experiment_by_name(name)
+    if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # made by an older dcm
+        MlflowClient().set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def experiment_name() -> str:
@@ -63,16 +72,34 @@ def experiment_name() -> str:
     return os.environ.get("DVC_EXP_NAME", "workspace")
 
 
+#: params that say how a run is executed or tracked, not what it computes
+NOT_CONFIG = ("tracking", "launch", "sample.latency_batch", "sample.latency_repeats", "sample.latency_min_seconds")
+
+
+def config_tags(params: Params) -> dict[str, str]:
+    """``dcm.params``: a fingerprint of every param that changes results; ``dcm.config``: the same
+    without ``distill.seed``, so runs that differ only by seed group together (mean ± sd)."""
+    from dcm.config import fingerprint
+
+    def values(ignore: tuple[str, ...]) -> dict:
+        return {k: v for k, v in params.flat().items() if not any(k == n or k.startswith(f"{n}.") for n in ignore)}
+
+    return {"dcm.params": fingerprint(values(NOT_CONFIG)), "dcm.config": fingerprint(values((*NOT_CONFIG,
+                                                                                             "distill.seed")))}
+
+
 def parent_run(experiment_id: str, params: Params, tags: dict[str, str]) -> str:
-    """The run that groups every stage of one DVC experiment, created by its first stage.
+    """The run that groups every stage of one DVC experiment (one set of params), created by its
+    first stage.
 
     Stages of one experiment run one after another, so looking it up by its tags is race-free;
     parallel experiments have different names.
     """
     client = MlflowClient()
     name, revision = tags["dvc.exp_name"], tags["git.revision"]
+    tags = {**tags, **config_tags(params)}
     query = (f"tags.`dcm.parent` = 'true' and tags.`dvc.exp_name` = '{name}' "
-             f"and tags.`git.revision` = '{revision}'")
+             f"and tags.`git.revision` = '{revision}' and tags.`dcm.params` = '{tags['dcm.params']}'")
     found = client.search_runs([experiment_id], filter_string=query, max_results=1)
     if found:
         return found[0].info.run_id

@@ -1,4 +1,5 @@
-"""The consistency objective shared by every method (reference-facts §2, §3).
+"""The consistency objective shared by every method (paper Sec. 3.1 Eq. 4-5, Sec. 3.2 Eq. 6-7,
+Sec. 3.4 Eq. 8).
 
 For a grid index ``i`` inside a phase ending at ``e``:
 
@@ -15,24 +16,13 @@ from collections.abc import Callable
 
 import torch
 
+from dcm import flow
+
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, sigma per sample) -> v
-
-
-def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return values.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
-
-
-def jump(x: torch.Tensor, v: torch.Tensor, sigma_from: torch.Tensor, sigma_to: torch.Tensor) -> torch.Tensor:
-    """Move each sample along ``v`` from its ``sigma_from`` to its ``sigma_to``."""
-    return x + per_sample(sigma_to - sigma_from, x) * v
 
 
 def pseudo_huber(pred: torch.Tensor, target: torch.Tensor, c: float) -> torch.Tensor:
     return (torch.sqrt((pred.float() - target.float()) ** 2 + c * c) - c).mean()
-
-
-def pseudo_huber_per_sample(pred: torch.Tensor, target: torch.Tensor, c: float) -> torch.Tensor:
-    return (torch.sqrt((pred.float() - target.float()) ** 2 + c * c) - c).flatten(1).mean(1)
 
 
 def temporal_coherence(pred: torch.Tensor, target: torch.Tensor, lag: int) -> torch.Tensor:
@@ -52,10 +42,10 @@ def consistency_target(x_prev: torch.Tensor, i: torch.Tensor, end: torch.Tensor,
     collective, so every process has to make the same calls whatever its batch holds."""
     prev = i - 1
     at_end = prev == end
-    carried = jump(x_prev, target_velocity(x_prev, sigmas[prev]), sigmas[prev], sigmas[end])
-    return torch.where(per_sample(at_end, x_prev).bool(), x_prev, carried)
+    carried = flow.euler_step(x_prev, target_velocity(x_prev, sigmas[prev]), sigmas[prev], sigmas[end])
+    return torch.where(at_end.view(-1, *([1] * (x_prev.ndim - 1))).to(x_prev.device), x_prev, carried)
 
 
 def consistency_prediction(x_i: torch.Tensor, i: torch.Tensor, end: torch.Tensor, sigmas: torch.Tensor,
                            student_velocity: Velocity) -> torch.Tensor:
-    return jump(x_i, student_velocity(x_i, sigmas[i]), sigmas[i], sigmas[end])
+    return flow.euler_step(x_i, student_velocity(x_i, sigmas[i]), sigmas[i], sigmas[end])

@@ -47,6 +47,18 @@ def load_backbone(path: str | Path, kind: str | None = None, **options) -> Backb
     return backbone_class(kind).from_pretrained(path, **options)
 
 
+def check_teacher_dir(path: str | Path) -> None:
+    """Fail fast, before any loading, when the teacher directory (or the checkpoint it points at) is
+    missing or incomplete."""
+    path = Path(path)
+    meta = path / META
+    if not meta.exists():
+        raise BackboneError(f"{meta} is missing: run `dvc repro teacher` (or `dcm teacher`) to create the teacher "
+                            "directory")
+    info = json.loads(meta.read_text())
+    backbone_class(info["kind"]).check(info.get("path", path))
+
+
 def write_backbone_link(directory: str | Path, kind: str, source: str | Path, **options) -> None:
     """Point a teacher directory at a local diffusers checkpoint (real backbones are not copied)."""
     from dcm.io import write_json
@@ -58,4 +70,4 @@ def write_backbone_link(directory: str | Path, kind: str, source: str | Path, **
 
 __all__ = ["BACKBONES", "Backbone", "BackboneError", "CogVideoXBackbone", "HunyuanVideoBackbone", "TinyBackbone",
            "WanBackbone", "backbone_class",
-           "build_tiny_backbone", "check_model_dir", "load_backbone", "write_backbone_link"]
+           "build_tiny_backbone", "check_model_dir", "check_teacher_dir", "load_backbone", "write_backbone_link"]

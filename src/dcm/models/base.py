@@ -26,10 +26,11 @@ import torch
 from torch import nn
 
 from dcm import flow
-from dcm.sampling import VelocityFn, guided
+from dcm.errors import DcmError
+from dcm.guidance import VelocityFn, guided
 
 
-class BackboneError(FileNotFoundError):
+class BackboneError(DcmError, FileNotFoundError):
     """A model directory that is missing or incomplete."""
 
 
@@ -57,8 +58,6 @@ class Backbone(ABC):
     #: module paths (or parameter names) inside the transformer that depend on the timestep;
     #: the parameter-efficient detail expert trains copies of these
     timestep_layers: ClassVar[tuple[str, ...]]
-    #: attention projections that get the detail expert's LoRA by default
-    lora_targets: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
     #: name of the transformer's list of blocks that the discriminator taps
     block_lists: ClassVar[tuple[str, ...]] = ("blocks",)
     #: "cfg" (two branches) or "embedded" (a guidance-distilled model takes the scale as input)

@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dcm import flow
+from dcm.guidance import VelocityFn
 from dcm.models.base import Backbone
-from dcm.sampling import VelocityFn
 
 HUNYUAN_SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 #: the pipeline's ``num_hidden_layers_to_skip`` (Llama ``hidden_states[-3]``) and CLIP's prompt length
@@ -131,7 +132,7 @@ class HunyuanVideoBackbone(Backbone):
         scale = self.embedded_guidance_scale if guidance_scale is None else guidance_scale
         return transformer(
             hidden_states=latents,
-            timestep=torch.as_tensor(sigma, dtype=torch.float32, device=latents.device).expand(b) * 1000.0,
+            timestep=flow.timestep(torch.as_tensor(sigma, dtype=torch.float32, device=latents.device).expand(b)),
             encoder_hidden_states=tokens.to(latents.dtype),
             encoder_attention_mask=mask.to(latents.dtype),
             pooled_projections=pooled.to(latents.dtype),

@@ -40,6 +40,8 @@ class TinyBackbone(Backbone):
     prediction: str = "velocity"
 
     kind = "tiny"
+    subfolders = SUBFOLDERS
+    source_hint = "run `dvc repro teacher` (or `dcm teacher`) to train it"
     # What the parameter-efficient detail expert copies: Wan's timestep path (time embedder and
     # its projection to the blocks' modulation) and the output modulation and projection.
     timestep_layers = WAN_TIMESTEP_LAYERS

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dcm import flow
 from dcm.models.base import Backbone
 
 WAN_SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer")
@@ -21,7 +22,7 @@ WAN_TIMESTEP_LAYERS = ("condition_embedder.time_embedder", "condition_embedder.t
 
 def wan_velocity(transformer: nn.Module, latents: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """A Wan transformer as a velocity model: timestep ``1000 * sigma`` per sample."""
-    t = torch.as_tensor(sigma, dtype=torch.float32, device=latents.device).expand(latents.shape[0]) * 1000.0
+    t = flow.timestep(torch.as_tensor(sigma, dtype=torch.float32, device=latents.device).expand(latents.shape[0]))
     return transformer(latents, t, text.to(latents.dtype), return_dict=False)[0]
 
 

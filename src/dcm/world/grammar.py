@@ -11,6 +11,8 @@ import itertools
 import re
 from dataclasses import dataclass
 
+from dcm.errors import DcmError
+
 # Saturated object colours (RGB in [0, 1]); backgrounds are grayscale, so saturation
 # separates the object from the scene.
 COLORS: dict[str, tuple[float, float, float]] = {
@@ -33,7 +35,7 @@ TEMPLATE = "a {color} {shape} moving {direction} on a {texture} background"
 _PATTERN = re.compile(r"^a (\S+) (\S+) moving (\S+) on a (\S+) background$")
 
 
-class PromptError(ValueError):
+class PromptError(DcmError, ValueError):
     """A prompt that is outside the toy world's grammar."""
 
 

@@ -4,7 +4,7 @@ Because the world is procedural, every quantity VBench estimates with learned ne
 be measured here from pixels: the object is the only saturated thing in the frame, the
 background is a known static texture, and the motion is known to be linear.
 
-Scores follow VBench's recipe (reference-facts §8): each dimension is averaged over videos,
+Scores follow VBench's recipe (Huang et al., arXiv 2311.17982, and its `scripts/cal_final_score.py`): each dimension is averaged over videos,
 normalised as ``(raw - Min) / (Max - Min)`` (clipped to [0, 1]) and weighted; Quality and
 Semantic are weighted means of their dimensions and ``Total = (4 * Quality + Semantic) / 5``.
 ``Min`` is what pure uniform noise videos score on a quality dimension (measured with
@@ -69,6 +69,7 @@ class VideoAnalysis:
     direction: str | None
     texture: str | None
     speed: float
+    position: tuple[float, float] | None  # mean centroid (x, y) over the frames that show the object
     subject_consistency: float
     background_consistency: float
     temporal_flickering: float
@@ -273,6 +274,7 @@ def analyze_video(video: np.ndarray, cfg: WorldConfig, prompt: Prompt | str | No
         direction=direction,
         texture=texture,
         speed=speed,
+        position=(float(cx[idx].mean()), float(cy[idx].mean())) if idx.size else None,
         subject_consistency=subject_consistency,
         background_consistency=background_consistency,
         temporal_flickering=temporal_flickering,

@@ -28,6 +28,8 @@ class WorldConfig:
     speed_min: float = 1.0
     speed_max: float = 2.0
     texture_period: int = 4
+    edge_start: float | None = None  # None: start anywhere the whole path fits; else within this many px of
+    #                                  the edge the object moves away from (anywhere along the other axis)
     texture_low: float = 0.30
     texture_high: float = 0.60
 
@@ -70,11 +72,12 @@ def draw_layout(prompt: Prompt, seed: int, cfg: WorldConfig) -> Layout:
     lo, hi = cfg.extent + 1.0, cfg.size - cfg.extent - 1.0
     travel = speed * (cfg.frames - 1)
     start = []
+    edge = cfg.edge_start
     for d in (dx, dy):
         if d > 0:
-            start.append(float(rng.uniform(lo, hi - travel)))
+            start.append(float(rng.uniform(lo, hi - travel if edge is None else min(lo + edge, hi - travel))))
         elif d < 0:
-            start.append(float(rng.uniform(lo + travel, hi)))
+            start.append(float(rng.uniform(lo + travel if edge is None else max(hi - edge, lo + travel), hi)))
         else:
             start.append(float(rng.uniform(lo, hi)))
     phase = (int(rng.integers(cfg.texture_period)), int(rng.integers(cfg.texture_period)))
@@ -140,11 +143,6 @@ def render_batch(prompts: list[Prompt], seeds: list[int], cfg: WorldConfig = Wor
     """Render a batch as the models see it: ``(B, 3, T, H, W)`` in ``[-1, 1]``."""
     videos = np.stack([render_video(p, s, cfg) for p, s in zip(prompts, seeds, strict=True)])
     return torch.from_numpy(videos).permute(0, 4, 1, 2, 3).mul(2).sub(1).contiguous()
-
-
-def to_model_space(video: np.ndarray) -> torch.Tensor:
-    """``(T, H, W, 3)`` in [0, 1] -> ``(3, T, H, W)`` in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(video)).permute(3, 0, 1, 2).mul(2).sub(1)
 
 
 def to_video(x: torch.Tensor) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The detail expert in its parameter-efficient form (PE, reference-facts §5).
+"""The detail expert in its parameter-efficient form (PE, paper Sec. 3.3).
 
 The semantic expert stays frozen and shared. The detail expert adds, on top of it, a PEFT LoRA
 on the attention projections and trainable copies of the timestep-dependent layers. Calling the

@@ -23,11 +23,12 @@ from tqdm.auto import tqdm
 
 from dcm import flow
 from dcm.config import Params
+from dcm.errors import DcmError
 from dcm.io import atomic_path, write_json
 from dcm.models.base import Backbone
-from dcm.prompts import read_prompts
-from dcm.sampling import initial_noise
-from dcm.splits import distill_seeds
+from dcm.data.prompts import read_prompts
+from dcm.guidance import initial_noise
+from dcm.data.splits import distill_seeds
 from dcm.world.grammar import all_prompts
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 
 
-class TrajectoryError(RuntimeError):
+class TrajectoryError(DcmError, RuntimeError):
     """A shard that is missing, truncated, corrupted or made with other settings."""
 
 
@@ -193,6 +194,20 @@ class Trajectories:
         if (pos < 0).any():
             raise KeyError(f"grid indices {grid_index[pos < 0].tolist()} are not stored")
         return self.latents[videos, pos].float()
+
+
+def check_manifest(directory: Path, params: Params) -> None:
+    """Fail fast, before any loading, when the trajectories are missing or were made with other
+    settings (everything but the latent shape, which needs the backbone to know)."""
+    manifest_path = Path(directory) / MANIFEST
+    if not manifest_path.exists():
+        raise TrajectoryError(f"{manifest_path} is missing: run `dvc repro trajectories` (or `dcm trajectories`) first")
+    spec = json.loads(manifest_path.read_text())["spec"]
+    expected = _jsonable(TrajectorySpec.from_params(params, tuple(spec["shape"])))
+    if spec != expected:
+        changed = ", ".join(f"{k} {spec.get(k)} there, {v} now" for k, v in expected.items() if spec.get(k) != v)
+        raise TrajectoryError(f"{manifest_path} was made with other settings ({changed}); rerun the trajectories "
+                              "stage (`dvc repro trajectories`)")
 
 
 def load(directory: Path, expected: TrajectorySpec, verify_hash: bool = True) -> Trajectories:

@@ -12,12 +12,13 @@ from importlib import resources
 from pathlib import Path
 
 from dcm.config import Params
-from dcm.splits import split_seeds, toy_items
+from dcm.errors import DcmError
+from dcm.data.splits import split_seeds, toy_items
 
 VBENCH = "vbench"
 
 
-class PromptError(ValueError):
+class PromptError(DcmError, ValueError):
     """A prompt source that does not exist or holds no prompts."""
 
 
@@ -57,7 +58,24 @@ def heldout_prompts(source: str | None, videos: int, seed: int) -> tuple[list[st
     return [p.text for p, _ in items], [s for _, s in items]
 
 
-def sample_prompts(params: Params) -> tuple[list[str], list[int]]:
-    """Prompts and seeds of the sample stage."""
+def is_vbench_suite(source: str | None) -> bool:
+    return bool(source) and (source == VBENCH or source.startswith(f"{VBENCH}:"))
+
+
+def sample_items(params: Params) -> tuple[list[str], list[int], list[str]]:
+    """Prompts, seeds and file names of the sample stage. VBench's suite is sampled as its standard
+    mode expects: its first ``sample.videos`` prompts (of the dimension, with ``vbench:<dimension>``),
+    each ``sample.videos_per_prompt`` times, named ``<prompt>-<i>.mp4``; other prompts cycle to
+    ``sample.videos`` videos named by number."""
+    from dcm.vbench_suite import standard_video_name, suite_prompts
+
     s = params.sample
-    return heldout_prompts(s.prompt_file, s.videos, s.seed)
+    if is_vbench_suite(s.prompt_file):
+        read_prompts(s.prompt_file)  # an unknown dimension is a clear error
+        dimension = s.prompt_file.partition(":")[2]
+        prompts = suite_prompts([dimension] if dimension else None)[: s.videos]
+        items = [(prompt, i) for prompt in prompts for i in range(s.videos_per_prompt)]
+        seeds = split_seeds("heldout", len(items), s.seed)
+        return [p for p, _ in items], seeds, [standard_video_name(p, i) for p, i in items]
+    prompts, seeds = heldout_prompts(s.prompt_file, s.videos, s.seed)
+    return prompts, seeds, [f"{i:04d}.mp4" for i in range(len(prompts))]

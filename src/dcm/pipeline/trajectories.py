@@ -1,0 +1,19 @@
+"""Stage ``trajectories``: the teacher's guided ODE trajectories the students learn from."""
+
+from __future__ import annotations
+
+from dcm.config import Params
+from dcm.layout import Layout
+from dcm.tracking import stage_run
+
+
+def run_trajectories(params: Params, layout: Layout = Layout()) -> None:
+    """Generate the teacher's ODE trajectories (finished shards are kept and skipped)."""
+    from dcm.data.trajectories import generate, prompt_set
+    from dcm.models import check_teacher_dir, load_backbone
+
+    check_teacher_dir(layout.teacher_model)
+    prompt_set(params)  # a bad prompt source fails here, before anything is written
+    backbone = load_backbone(layout.teacher_model)
+    with stage_run("trajectories", params):
+        generate(params, backbone, layout.trajectories)

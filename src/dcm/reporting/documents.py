@@ -1,0 +1,109 @@
+"""The Markdown documents dcm writes: the teacher's report, the pipeline's report, the ablation
+comparison. Each is assembled from :mod:`.tables` and points at figures from :mod:`.figures`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from dcm.config import Params
+from dcm.io import atomic_write_text
+from dcm.reporting.tables import ablation_table, fmt, methods_over_seeds, methods_table, research_bar, table
+
+PAPER_TABLE_3 = ("Paper (HunyuanVideo, 4 steps, VBench Total %): none 80.30; OD 83.08; OD+PE 83.03; "
+                 "OD+PE+TC 83.42; OD+PE+GF 83.71; all four 83.80.")
+
+
+def relative(path: Path, document: Path) -> str:
+    return os.path.relpath(path, document.parent)
+
+
+def teacher_report(report: Path, report_dir: Path, m: dict, probe: list[dict], swap: list[dict],
+                   ideal: dict[str, float], params: Params) -> None:
+    """``reports/teacher.md``: sampled accuracy, the two probes, scores, timing, the frame grid."""
+    rel = relative(report_dir, report)
+    lines = ["# Teacher: held-out evaluation", "",
+             f"{m['videos']} videos, {m['steps']}-step Euler sampler with CFG {m['guidance_scale']}, seeds never used "
+             "in training or for choosing anything.", ""]
+    if params.model.toy_world:
+        lines += ["Scored by the toy world's analytic evaluator (`dcm.world.metrics`).", "",
+                  table([[k, f"{m[k]:.3f}"] for k in ("color", "object_class", "motion_direction", "scene")],
+                        ["attribute", "accuracy"]), ""]
+        lines += _denoising_section(probe, rel) + _swap_section(swap, ideal)
+        lines += [table([[k, f"{m[k]:.4f}"] for k in ("total", "quality", "semantic", "subject_consistency",
+                                                        "background_consistency", "temporal_flickering",
+                                                        "motion_smoothness", "dynamic_degree", "detail")],
+                        ["score", "value"]), ""]
+    else:
+        lines += [f"Backbone `{params.model.backbone}` from `{params.model.path}`: the toy world's evaluator does "
+                  "not apply; the `evaluate` stage scores these models with VBench.", ""]
+    lines += [f"One batch of {m['batch_size']} videos ({m['steps']} steps, CFG, one process) took "
+              f"{m['batch_seconds']:.1f} s.", "",
+              f"![frames of the first eight samples]({rel}/grid.png)", "",
+              f"Videos: `{rel}/samples/` (H.264 mp4, with `manifest.jsonl`); per-video table: `{rel}/videos.csv`.", ""]
+    if params.model.toy_world:
+        t = params.model.tiny
+        lines += [f"Teacher: {t.num_layers} layers, width {t.num_attention_heads * t.attention_head_dim}, patch "
+                  f"{tuple(t.patch_size)}, coordinate channels {'on' if t.coordinate_channels else 'off'}, "
+                  f"{t.prediction} prediction; {params.teacher.steps} steps of batch {params.teacher.batch_size}.", ""]
+    atomic_write_text(report, "\n".join(lines))
+
+
+def _denoising_section(probe: list[dict], rel: str) -> list[str]:
+    if not probe:
+        return []
+    keys = [k for k in probe[0] if k.startswith("acc_")]
+    rows = [[f"{r['sigma']:.2f}", *(f"{r[k]:.2f}" for k in keys)] for r in probe]
+    return ["One-step denoising of the same held-out videos: the ground truth noised to sigma, then",
+            "`x0 = x_sigma - sigma * v` with the same guidance. Up to the noise level where a column stays",
+            "high, the teacher reads that attribute out of the video; above it, sampling from noise has to",
+            "decide the attribute itself.", "",
+            table(rows, ["sigma", *(k.removeprefix("acc_") for k in keys)]), "",
+            f"![accuracy of one-step denoising by noise level]({rel}/denoising.png)", ""]
+
+
+def _swap_section(swap: list[dict], ideal: dict[str, float]) -> list[str]:
+    if not swap:
+        return []
+    words = [k for k in swap[0] if k != "sigma"]
+    rows = [[f"{r['sigma']:.2f}", *(f"{r[w]:.4f}" for w in words)] for r in swap]
+    rows.append(["exact model, sigma 1", *(fmt(ideal.get(w)) for w in words)])
+    return ["What the teacher listens to: the same noised videos, one-step estimate `x0` under the prompt",
+            "and under the prompt with one word swapped (colour, shape, direction or texture to the next",
+            "value); mean |change| of `x0` (pixels in [-1, 1], no guidance). A word the teacher ignores moves",
+            "nothing. The last row is what an exact model moves at sigma 1, where its estimate is the",
+            "conditional mean over every layout the prompt allows.", "",
+            table(rows, ["sigma", *words]), ""]
+
+
+def pipeline_report(metrics: dict[str, dict], teacher_key: str, runs: pd.DataFrame, figures: list[str],
+                    params: Params) -> str:
+    """``reports/report.md``: Table 1 over seeds and for this run, the paper's claims on the means over
+    seeds, Table 3 over seeds, the figures."""
+    from dcm.tracking import config_tags
+
+    over_seeds, means = methods_over_seeds(runs, config_tags(params)["dcm.config"])
+    lines = ["# DCM on the embedded toy world", "",
+             "Generated by the `report` stage from `reports/metrics.json`, the stage folders under "
+             "`artifacts/` and the MLflow runs. Scores are the toy world's analytic VBench-style scores "
+             "(0-1; `dcm.world.metrics`); latency is the median per-video time in one CPU process. "
+             "`dcm grid seeds` adds seeds to the tables below.", "",
+             "## Methods over seeds (paper Table 1 analog)", "", over_seeds, "",
+             f"## Methods, this run (distill.seed = {params.distill.seed})", "", methods_table(metrics, teacher_key), ""]
+    bar = research_bar(means or metrics, teacher_key)
+    if bar:
+        lines += ["## The paper's claims" + (" on the means over seeds" if means else " on this run"), "",
+                  table(bar, ["claim", "measured", "holds"]), ""]
+    lines += ["## Ablations (paper Table 3 analog)", "", f"At boundary {params.boundary}; {PAPER_TABLE_3}", "",
+              ablation_table(runs, boundary=params.boundary), "", "## Figures", ""]
+    return "\n".join(lines + figures)
+
+
+def ablation_report(frame: pd.DataFrame) -> str:
+    """``reports/ablation.md`` (``dcm compare``): Table 3 over every experiment found."""
+    return "\n".join(["# Ablations (paper Table 3 analog)", "",
+                      "DCM's toy-world Total per ablation setting: the newest DVC experiment of each seed at the "
+                      f"setting's most common boundary, mean ± sd over seeds. {PAPER_TABLE_3}", "",
+                      ablation_table(frame), ""])
