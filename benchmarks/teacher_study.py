@@ -42,6 +42,10 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     "edge_coords_v": ("world: objects start within 2 px of the edge they move away from; coordinates, velocity", {
         "world": {"edge_start": 2.0},
         "model": {"tiny": {"coordinate_channels": True, "prediction": "velocity"}}}),
+    "edge_big_coords_v": ("world: edge starts, radius 6 (from 5), speed 1-1.6 px/frame (from 1-2); coordinates, "
+                          "velocity", {
+        "world": {"edge_start": 2.0, "object_radius": 6.0, "speed_max": 1.6},
+        "model": {"tiny": {"coordinate_channels": True, "prediction": "velocity"}}}),
     "frame_patch8": ("per-frame 8x8 patches (128 tokens, 192 values each), 6 layers of width 128, coordinates, "
                      "clean-sample prediction", {
         "model": {"tiny": {"patch_size": [1, 8, 8], "num_layers": 6, "coordinate_channels": True,

@@ -6,7 +6,7 @@ import json
 
 from dcm.config import Params
 from dcm.errors import MissingInputError
-from dcm.layout import BUCKETS, STUDENT_MODEL, TRAJECTORY_MANIFEST, Layout
+from dcm.layout import BUCKETS, STUDENT_MODEL, STUDENT_STAGES, TRAJECTORY_MANIFEST, VALIDATION, Layout
 from dcm.tracking import stage_run
 
 
@@ -36,6 +36,18 @@ def analysis_figures(params: Params, layout: Layout) -> list[str]:
         if csv_path.exists():
             fig.fig_noise_levels(csv_path, out / f"noise_levels_{stage}.png", title)
             lines += [f"![loss and gradient norm by noise level, {title}]({rel}/noise_levels_{stage}.png)", ""]
+
+    import pandas as pd
+
+    curves = {stage: pd.read_csv(layout.student(stage) / VALIDATION) for stage in STUDENT_STAGES
+              if (layout.student(stage) / VALIDATION).exists()}
+    if curves:
+        fig.validation_curves(curves, out / "validation_curves.png")
+        last = ", ".join(f"{stage} {frame.total.iloc[-1]:.3f} at step {int(frame.step.iloc[-1])}"
+                         for stage, frame in curves.items())
+        lines += ["Each student's Total on 4-step samples of the validation split while it trains (the detail "
+                  "expert with the semantic expert before it; the semantic expert with the teacher after it). "
+                  f"Last: {last}.", "", f"![validation curves]({rel}/validation_curves.png)", ""]
 
     shape = json.loads((layout.trajectories / TRAJECTORY_MANIFEST).read_text())["spec"]["shape"]
     spec = TrajectorySpec.from_params(params, tuple(shape))

@@ -183,3 +183,15 @@ def boundary_curves(suggestion, boundary: int, path: Path) -> None:
         ax.set_xlabel("grid index k (0 clean ... N noise)")
         ax.invert_xaxis()
     save_figure(fig, path)
+
+
+def validation_curves(curves: dict[str, pd.DataFrame], path: Path) -> None:
+    """Each student's 4-step validation Total by training step: flat at the end means trained enough."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for stage, frame in curves.items():
+        ax.plot(frame.step, frame.total, "o-", ms=3, label=stage)
+    ax.set_xlabel("training step of the student")
+    ax.set_ylabel("Total, 4-step samples (validation split)")
+    ax.set_title("Students' validation curves")
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
