@@ -46,6 +46,12 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
                           "velocity", {
         "world": {"edge_start": 2.0, "object_radius": 6.0, "speed_max": 1.6},
         "model": {"tiny": {"coordinate_channels": True, "prediction": "velocity"}}}),
+    "x0_shift8": ("coordinates, clean-sample prediction, training noise levels with shift 8 (35% of them above "
+                  "sigma 0.95, from 14%): more training where motion is decided", {
+        "model": {"tiny": {"coordinate_channels": True, "prediction": "sample"}}, "teacher": {"train_shift": 8.0}}),
+    "x0_x0loss": ("coordinates, clean-sample prediction and clean-sample loss (every noise level weighs the same "
+                  "in x0 error)", {
+        "model": {"tiny": {"coordinate_channels": True, "prediction": "sample"}}, "teacher": {"loss": "sample"}}),
     "frame_patch8": ("per-frame 8x8 patches (128 tokens, 192 values each), 6 layers of width 128, coordinates, "
                      "clean-sample prediction", {
         "model": {"tiny": {"patch_size": [1, 8, 8], "num_layers": 6, "coordinate_channels": True,

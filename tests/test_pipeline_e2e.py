@@ -160,8 +160,9 @@ def test_editing_code_a_stage_runs_makes_dvc_see_that_stage_changed(repo, module
     try:
         path.write_text(original + "\n# edited\n")
         status = json.loads(_run(["dvc", "status", "--json"], repo, env).strip().splitlines()[-1])
-        changed = {stage for stage, reasons in status.items()
-                   if any(module in r.get("changed deps", {}) for r in reasons if isinstance(r, dict))}
+        changed = {stage for stage, reasons in status.items()  # a dep is the file or a folder holding it
+                   if any(module == dep or module.startswith(f"{dep}/")
+                          for r in reasons if isinstance(r, dict) for dep in r.get("changed deps", {}))}
         assert expected and changed == expected
     finally:
         path.write_text(original)

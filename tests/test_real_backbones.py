@@ -11,6 +11,7 @@ from dcm.io import read_manifest
 from dcm.models import BackboneError, load_backbone
 from dcm.vbench_suite import suite_prompts
 from dcm.layout import Layout
+from dcm.pipeline.boundary import run_boundary
 from dcm.pipeline.distill import run_distill
 from dcm.pipeline.trajectories import run_trajectories
 from dcm.pipeline.evaluate import run_evaluate
@@ -59,6 +60,9 @@ def test_a_real_backbone_runs_trajectories_both_experts_sampling_and_evaluation(
 
     run_trajectories(params)
     manifest = json.loads((Layout().trajectories / "manifest.json").read_text())
+    suggestion = run_boundary(params)  # no evaluator for a real backbone: the knee of the normalised change
+    assert suggestion.method == "knee" and 1 <= suggestion.boundary <= params.flow.steps - 1
+    assert json.loads(Layout().boundary_suggestion.read_text())["boundary"] == suggestion.boundary
     assert manifest["videos"] == 4
     assert manifest["spec"]["shape"] == list(backbone.latent_shape(*VIDEO_SHAPES[kind]))
     semantic = run_distill(params, "semantic")

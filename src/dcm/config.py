@@ -134,6 +134,10 @@ class TeacherParams(_Section):
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     caption_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="share of empty prompts, for CFG")
     timestep_sampling: Literal["uniform", "logit_normal"] = Field("uniform", description="u uniform (then shifted by flow.shift) or logit-normal")
+    loss: Literal["velocity", "sample"] = Field(
+        "velocity", description="velocity: MSE of the velocity (flow matching; weights a clean-sample error by "
+        "1/sigma^2, i.e. mostly the low noise levels); sample: MSE of the one-step clean-sample estimate, which "
+        "weights the high noise levels, where layout and motion are decided, as much as the low ones")
     train_shift: float | None = Field(None, ge=1.0, le=50.0, description="shift applied to the training noise "
                                       "levels (null: flow.shift); higher spends more training at high noise")
     logit_mean: float = 0.0

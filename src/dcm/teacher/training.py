@@ -91,6 +91,15 @@ def training_batch(params: Params, table: PromptTable, step: int) -> tuple[torch
     return x0, text, noise, sigma
 
 
+def teacher_loss(velocity: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor,
+                 sigma: torch.Tensor, kind: str) -> torch.Tensor:
+    """``teacher.loss``: MSE of the velocity, or of the one-step estimate ``x_t - sigma * v`` of ``x0``."""
+    if kind == "sample":
+        s = sigma.view(-1, *([1] * (x_t.ndim - 1)))
+        return F.mse_loss(x_t - s * velocity, x0)
+    return F.mse_loss(velocity, flow.velocity_target(x0, noise))
+
+
 def train_teacher(params: Params, out_dir: Path) -> TinyBackbone:
     """Train (or resume) the teacher; write checkpoints to ``out_dir`` and the EMA model to
     ``out_dir / 'model'``. Returns the backbone holding the EMA weights."""
@@ -155,7 +164,7 @@ def train_teacher(params: Params, out_dir: Path) -> TinyBackbone:
         x0, text, noise, sigma = training_batch(params, table, state.step)
         x_t = flow.add_noise(x0, noise, sigma)
         pred = backbone.velocity(model, x_t, sigma, text)
-        loss = F.mse_loss(pred.float(), flow.velocity_target(x0, noise))
+        loss = teacher_loss(pred.float(), x_t, x0, noise, sigma, t.loss)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"teacher loss is {loss.item()} at step {state.step}; last good checkpoint: {ckpt_path}")
         accelerator.backward(loss)
