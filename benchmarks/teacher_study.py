@@ -52,6 +52,19 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     "x0_x0loss": ("coordinates, clean-sample prediction and clean-sample loss (every noise level weighs the same "
                   "in x0 error)", {
         "model": {"tiny": {"coordinate_channels": True, "prediction": "sample"}}, "teacher": {"loss": "sample"}}),
+    "x0_pure25": ("coordinates, clean-sample prediction and loss, a quarter of every batch at sigma 1 exactly", {
+        "model": {"tiny": {"coordinate_channels": True, "prediction": "sample"}},
+        "teacher": {"loss": "sample", "pure_noise_share": 0.25}}),
+    "x0_pure25_big": ("x0_pure25 in a world of bigger objects (radius 6 from 5, speed 1-1.6 px/frame from 1-2): "
+                      "the shapes differ over 44% more pixels", {
+        "world": {"object_radius": 6.0, "speed_max": 1.6},
+        "model": {"tiny": {"coordinate_channels": True, "prediction": "sample"}},
+        "teacher": {"loss": "sample", "pure_noise_share": 0.25}}),
+    "x0_pure25_big_shift1": ("x0_pure25_big with unshifted training noise levels (shift 1 from 3): more training "
+                             "at the middle noise levels where the outline is decided", {
+        "world": {"object_radius": 6.0, "speed_max": 1.6},
+        "model": {"tiny": {"coordinate_channels": True, "prediction": "sample"}},
+        "teacher": {"loss": "sample", "pure_noise_share": 0.25, "train_shift": 1.0}}),
     "frame_patch8": ("per-frame 8x8 patches (128 tokens, 192 values each), 6 layers of width 128, coordinates, "
                      "clean-sample prediction", {
         "model": {"tiny": {"patch_size": [1, 8, 8], "num_layers": 6, "coordinate_channels": True,

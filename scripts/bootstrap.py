@@ -49,10 +49,70 @@ def install() -> None:
     if not (BIN / "python").exists():
         print(f"bootstrap: creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    pip = (BIN / "python", "-m", "pip", "install", "--disable-pip-version-check", "-c", "constraints.txt")
-    run(*pip, "-e", ".[test]")
+    pins = ROOT / ".bootstrap-constraints.txt"
+    pins.write_text(tested_pins_compatible_with_machine())
+    pip = (BIN / "python", "-m", "pip", "install", "--disable-pip-version-check", "-c", pins.name)
+    try:
+        run(*pip, "-e", ".[test]")
+    except subprocess.CalledProcessError:
+        print("bootstrap: the tested versions (constraints.txt) cannot be installed together with this "
+              "machine's pip constraints; installing from pyproject.toml's version ranges instead", flush=True)
+        pip = pip[:-2]
+        run(*pip, "-e", ".[test]")
     run(*pip, "--no-deps", "vbench")
     STAMP.write_text(digest + "\n")
+
+
+def machine_constraint_files() -> list[Path]:
+    """Constraint files pip applies on this machine (its config files and PIP_CONSTRAINT)."""
+    files = os.environ.get("PIP_CONSTRAINT", "").split()
+    listing = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True)
+    for line in listing.stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key.split(".")[-1] == "constraint":
+            files += value.strip().strip("'\"").split()
+    return [Path(f) for f in dict.fromkeys(files) if Path(f).is_file()]
+
+
+def parse_requirement(line: str):
+    """The requirement on one line of a constraints file, or None for blanks and comments."""
+    try:
+        from packaging.requirements import InvalidRequirement, Requirement
+    except ImportError:  # pip vendors packaging
+        from pip._vendor.packaging.requirements import InvalidRequirement, Requirement
+    text = line.split("#")[0].strip()
+    if not text or text.startswith("-"):
+        return None
+    try:
+        return Requirement(text)
+    except InvalidRequirement:
+        return None
+
+
+def canonical(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def tested_pins_compatible_with_machine() -> str:
+    """constraints.txt without the pins that the machine's own pip constraints exclude.
+
+    Two constraints on one package that disagree make pip refuse to install anything; there the
+    machine's pin wins and ours is dropped, saying so.
+    """
+    machine = [r for f in machine_constraint_files() for line in f.read_text().splitlines()
+               if (r := parse_requirement(line)) is not None]
+    kept = []
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        ours = parse_requirement(line)
+        pinned = ours and next(iter(ours.specifier), None)
+        clash = ours is not None and pinned is not None and any(
+            canonical(m.name) == canonical(ours.name) and not m.specifier.contains(pinned.version, prereleases=True)
+            for m in machine)
+        if clash:
+            print(f"bootstrap: {line.strip()} dropped: this machine's pip constraints exclude it", flush=True)
+        else:
+            kept.append(line)
+    return "\n".join(kept) + "\n"
 
 
 def install_chromium() -> None:

@@ -10,6 +10,7 @@ from dcm.data.splits import HELDOUT_SEED_BASE, TRAIN_SEED_END, VALIDATION_SEED_B
 from dcm.layout import CHECKPOINT
 from dcm.teacher.probes import ACCURACY_KEYS, denoising_accuracy
 from dcm.teacher.training import train_teacher
+from conftest import with_overrides
 
 
 @pytest.fixture(autouse=True)
@@ -96,3 +97,24 @@ def test_denoising_probe_reads_attributes_from_lightly_noised_videos_only(micro_
     clean, noise = ([r[f"acc_{k}"] for k in ACCURACY_KEYS] for r in rows)
     assert min(clean) >= 0.75  # the ground truth itself
     assert sum(noise) / len(noise) <= 0.5  # pure noise
+
+
+def test_pure_noise_share_puts_that_share_of_each_batch_at_sigma_one(micro_params):
+    params = with_overrides(micro_params, {"teacher": {"batch_size": 8, "pure_noise_share": 0.25}})
+    table = teacher_mod.PromptTable(build_tiny_backbone(params.model.tiny, seed=0))
+    for step in range(3):
+        sigma = teacher_mod.training_batch(params, table, step)[3]
+        assert (sigma == 1.0).sum() == 2
+    plain = with_overrides(params, {"teacher": {"pure_noise_share": 0.0}})
+    assert (teacher_mod.training_batch(plain, table, 0)[3] < 1.0).all()
+
+
+def test_the_sample_loss_is_the_velocity_loss_weighted_by_sigma_squared():
+    gen = torch.Generator().manual_seed(0)
+    x0, noise, velocity = (torch.randn(1, 3, 2, 4, 4, generator=gen) for _ in range(3))
+    sigma = torch.tensor([0.5])
+    x_t = (1 - sigma) * x0 + sigma * noise
+    v_loss = teacher_mod.teacher_loss(velocity, x_t, x0, noise, sigma, "velocity")
+    x0_loss = teacher_mod.teacher_loss(velocity, x_t, x0, noise, sigma, "sample")
+    assert v_loss > 0
+    assert torch.allclose(x0_loss, 0.25 * v_loss)

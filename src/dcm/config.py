@@ -138,6 +138,8 @@ class TeacherParams(_Section):
         "velocity", description="velocity: MSE of the velocity (flow matching; weights a clean-sample error by "
         "1/sigma^2, i.e. mostly the low noise levels); sample: MSE of the one-step clean-sample estimate, which "
         "weights the high noise levels, where layout and motion are decided, as much as the low ones")
+    pure_noise_share: float = Field(0.0, ge=0.0, lt=1.0, description="share of each batch trained at sigma 1 "
+                                    "exactly, where only the prompt can say where the object is and how it moves")
     train_shift: float | None = Field(None, ge=1.0, le=50.0, description="shift applied to the training noise "
                                       "levels (null: flow.shift); higher spends more training at high noise")
     logit_mean: float = 0.0

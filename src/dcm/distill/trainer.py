@@ -403,8 +403,8 @@ class DistillRun:
         """The models of a 4-step validation sample and the grid indices each one steps over.
 
         LCM, PCM and the vanilla model sample alone; the detail expert with the (trained) semantic
-        expert before it, as DCM samples; the semantic expert with the guided teacher after it, so its
-        score measures the layout and motion it hands over."""
+        expert before it, as DCM samples; the semantic expert with the guided teacher after it (8 Euler
+        steps), so its score measures the layout and motion it hands over."""
         n, k = self.params.flow.steps, self.params.boundary
         role, teacher = self.plan.role, self.teacher.transformer
         g = self.params.trajectories.guidance_scale
@@ -414,7 +414,7 @@ class DistillRun:
             return [(self.raw, schedule("dcm", 4, n, k), 1.0)]
         semantic_steps, detail_steps = uniform_indices(n, k, 2), uniform_indices(k, 0, 2)
         if role == "semantic":
-            return [(self.raw, semantic_steps, 1.0), (teacher, list(range(k, -1, -1)), g)]
+            return [(self.raw, semantic_steps, 1.0), (teacher, uniform_indices(k, 0, min(k, 8)), g)]
         if self.validation_semantic is None:
             self.validation_semantic = (self.raw.base if isinstance(self.raw, ParameterEfficientExpert)
                                         else load_full_model(self.layout.student("semantic"), self.teacher, "semantic"))

@@ -88,6 +88,8 @@ def training_batch(params: Params, table: PromptTable, step: int) -> tuple[torch
         t.batch_size, t.train_shift or params.flow.shift, logit_normal=t.timestep_sampling == "logit_normal",
         mean=t.logit_mean, std=t.logit_std, generator=gen,
     )
+    if t.pure_noise_share:  # the first samples of the batch at sigma 1: the prompt alone decides the layout
+        sigma[: round(t.pure_noise_share * t.batch_size)] = 1.0
     return x0, text, noise, sigma
 
 
