@@ -7,6 +7,7 @@ the prompt-swap probe. Runs checkpoint and resume, so a killed run is rerun with
 command. ``report`` gathers every finished curve into ``reports/teacher_recipe.md``.
 
     python benchmarks/teacher_study.py run coords_x0 --steps 3000 --threads 1
+    python benchmarks/teacher_study.py guidance x0_pure25_big_shift1 --scales 1,2,3,4.5,6
     python benchmarks/teacher_study.py report
 
 Two single-threaded runs side by side give a fair comparison on a 2-core machine.
@@ -65,6 +66,12 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
         "world": {"object_radius": 6.0, "speed_max": 1.6},
         "model": {"tiny": {"coordinate_channels": True, "prediction": "sample"}},
         "teacher": {"loss": "sample", "pure_noise_share": 0.25, "train_shift": 1.0}}),
+    "x0_pure25_big_logit": ("x0_pure25_big_shift1 with logit-normal noise levels (SD3's choice at low resolution): "
+                            "most training near sigma 0.5, where the outline is decided", {
+        "world": {"object_radius": 6.0, "speed_max": 1.6},
+        "model": {"tiny": {"coordinate_channels": True, "prediction": "sample"}},
+        "teacher": {"loss": "sample", "pure_noise_share": 0.25, "train_shift": 1.0,
+                    "timestep_sampling": "logit_normal"}}),
     "frame_patch8": ("per-frame 8x8 patches (128 tokens, 192 values each), 6 layers of width 128, coordinates, "
                      "clean-sample prediction", {
         "model": {"tiny": {"patch_size": [1, 8, 8], "num_layers": 6, "coordinate_channels": True,
@@ -98,6 +105,36 @@ def run(args: argparse.Namespace) -> None:
     CURVES_DIR.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(out / VALIDATION, CURVES_DIR / f"{args.name}.csv")
     print(f"{args.name}: done in {(time.perf_counter() - tick) / 60:.1f} min (this call)")
+
+
+def guidance(args: argparse.Namespace) -> None:
+    """Choose the CFG scale of a trained candidate on the validation split (never the held-out one):
+    50-step samples at each scale, scored per attribute; the winner has the best mean accuracy
+    (the smaller scale on a tie)."""
+    import pandas as pd
+
+    from dcm.data.splits import toy_items
+    from dcm.io import write_csv
+    from dcm.models.tiny import load_tiny_backbone
+    from dcm.teacher.probes import accuracy, sample_videos
+
+    torch.set_num_threads(args.threads)
+    params = candidate_params(args.name, 3000, 500, args.eval_videos)
+    backbone = load_tiny_backbone(STUDY_DIR / args.name / "model")
+    items = toy_items("validation", args.eval_videos)
+    rows = []
+    for scale in (float(s) for s in args.scales.split(",")):
+        tick = time.perf_counter()
+        videos = sample_videos(backbone, backbone.transformer, items, params, args.sample_steps, scale)
+        acc = accuracy(videos, items, params)
+        rows.append({"guidance_scale": scale, **acc, "mean": sum(acc.values()) / len(acc),
+                     "seconds": round(time.perf_counter() - tick, 1)})
+        print(", ".join(f"{k}={v:.3f}" for k, v in rows[-1].items()), flush=True)
+    CURVES_DIR.mkdir(parents=True, exist_ok=True)
+    write_csv(CURVES_DIR / f"guidance_{args.name}.csv", rows)
+    best = max(rows, key=lambda r: (round(r["mean"], 6), -r["guidance_scale"]))
+    print(pd.DataFrame(rows).to_string(index=False))
+    print(f"{args.name}: guidance scale {best['guidance_scale']} (validation mean accuracy {best['mean']:.3f})")
 
 
 def report(_: argparse.Namespace) -> None:
@@ -136,6 +173,12 @@ def report(_: argparse.Namespace) -> None:
         lines += [f"## `{name}`: {what}", "",
                   f"`python benchmarks/teacher_study.py run {name} --steps 3000` (overrides: `{flat}`)", "",
                   frame.to_markdown(index=False, floatfmt=".3f"), ""]
+    for path in sorted(CURVES_DIR.glob("guidance_*.csv")):
+        name = path.stem.removeprefix("guidance_")
+        lines += [f"## Guidance scale of `{name}`, chosen on the validation split", "",
+                  f"`python benchmarks/teacher_study.py guidance {name}`: 50-step samples of the same validation "
+                  "videos at each scale; the best mean accuracy wins.", "",
+                  pd.read_csv(path).to_markdown(index=False, floatfmt=".3f"), ""]
     atomic_write_text(REPORT, "\n".join(lines) + "\n")
     print(f"wrote {REPORT} and {REPORT.with_suffix('.png')}")
 
@@ -151,6 +194,13 @@ def main(argv: list[str]) -> None:
     r.add_argument("--eval-videos", type=int, default=48)
     r.add_argument("--threads", type=int, default=1)
     r.set_defaults(func=run)
+    g = sub.add_parser("guidance", help="choose a trained candidate's CFG scale on the validation split")
+    g.add_argument("name", choices=sorted(CANDIDATES))
+    g.add_argument("--scales", default="1,2,3,4.5,6")
+    g.add_argument("--sample-steps", type=int, default=50)
+    g.add_argument("--eval-videos", type=int, default=48)
+    g.add_argument("--threads", type=int, default=1)
+    g.set_defaults(func=guidance)
     sub.add_parser("report", help="write reports/teacher_recipe.md from the finished curves").set_defaults(func=report)
     args = parser.parse_args(argv)
     args.func(args)

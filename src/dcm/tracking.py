@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from filelock import FileLock
 from mlflow import MlflowClient
 
 from dcm.config import Params
@@ -50,12 +51,23 @@ def git_revision(root: Path) -> str:
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
+def _store_lock(uri: str) -> contextlib.AbstractContextManager:
+    """A lock beside a SQLite store: MLflow creates a fresh store's tables on first use, and two
+    processes doing that at once (``dcm grid --jobs 2`` on a fresh clone) fail with "duplicate
+    column name"."""
+    if uri.startswith("sqlite:///"):
+        return FileLock(uri.removeprefix("sqlite:///") + ".lock")
+    return contextlib.nullcontext()
+
+
 def ensure_experiment(name: str, root: Path | None = None) -> str:
     """Create (once) the experiment with its artifacts under ``<root>/mlartifacts``, tagged as
     training runs (:data:`EXPERIMENT_KIND`)."""
     root = root or repo_root()
-    mlflow.set_tracking_uri(tracking_uri(root))
-    experiment = mlflow.get_experiment_by_name(name)
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    with _store_lock(uri):
+        experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
         try:
             return mlflow.create_experiment(name, artifact_location=(root / "mlartifacts" / name).as_uri(),
