@@ -1,6 +1,8 @@
 """The tiny teacher's recipe study: candidates trained from scratch at a fixed step budget.
 
-Each candidate is ``params.yaml`` plus a few overrides (``CANDIDATES``), trained by the same code
+Each candidate is ``params.yaml`` set back to the recipe the study started from (``STUDY_BASE``) plus a
+few overrides (``CANDIDATES``), so a candidate means the same thing whatever params.yaml now holds;
+it is trained by the same code
 as the ``teacher`` stage (``dcm.teacher.train_teacher``), and checked every ``--eval-every`` steps
 on the *validation* split: 20-step CFG samples scored per attribute by the toy evaluator, and
 the prompt-swap probe. Runs checkpoint and resume, so a killed run is rerun with the same
@@ -29,6 +31,19 @@ ROOT = Path(__file__).resolve().parent.parent
 STUDY_DIR = ROOT / "artifacts" / "teacher_study"
 CURVES_DIR = ROOT / "reports" / "teacher_recipe"
 REPORT = ROOT / "reports" / "teacher_recipe.md"
+
+# the recipe before the study: every candidate starts from it
+STUDY_BASE = {
+    "world": {"object_radius": 5.0, "speed_max": 2.0},
+    "model": {"tiny": {"coordinate_channels": False, "prediction": "velocity"}},
+    "teacher": {"loss": "velocity", "pure_noise_share": 0.0, "train_shift": None, "timestep_sampling": "uniform"},
+}
+# the committed teacher's recipe (params.yaml) as overrides of STUDY_BASE
+COMMITTED_RECIPE = {
+    "world": {"object_radius": 6.0, "speed_max": 1.6},
+    "model": {"tiny": {"coordinate_channels": True, "prediction": "sample"}},
+    "teacher": {"loss": "sample", "pure_noise_share": 0.25, "train_shift": 1.0, "timestep_sampling": "logit_normal"},
+}
 
 # name -> (what it tests, overrides of params.yaml)
 CANDIDATES: dict[str, tuple[str, dict]] = {
@@ -67,11 +82,11 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
         "model": {"tiny": {"coordinate_channels": True, "prediction": "sample"}},
         "teacher": {"loss": "sample", "pure_noise_share": 0.25, "train_shift": 1.0}}),
     "x0_pure25_big_logit": ("x0_pure25_big_shift1 with logit-normal noise levels (SD3's choice at low resolution): "
-                            "most training near sigma 0.5, where the outline is decided", {
-        "world": {"object_radius": 6.0, "speed_max": 1.6},
-        "model": {"tiny": {"coordinate_channels": True, "prediction": "sample"}},
-        "teacher": {"loss": "sample", "pure_noise_share": 0.25, "train_shift": 1.0,
-                    "timestep_sampling": "logit_normal"}}),
+                            "most training near sigma 0.5, where the outline is decided (the committed teacher)",
+                            COMMITTED_RECIPE),
+    "x0_pure25_big_logit_long": ("x0_pure25_big_logit continued past its 3,000 steps (resumed from that run's "
+                                 "checkpoint, a copy of artifacts/teacher/, with the cosine stretched to --steps)",
+                                 COMMITTED_RECIPE),
     "frame_patch8": ("per-frame 8x8 patches (128 tokens, 192 values each), 6 layers of width 128, coordinates, "
                      "clean-sample prediction", {
         "model": {"tiny": {"patch_size": [1, 8, 8], "num_layers": 6, "coordinate_channels": True,
@@ -88,7 +103,7 @@ def candidate_params(name: str, steps: int, eval_every: int, eval_videos: int):
     teacher = {"steps": steps, "eval_every": eval_every, "eval_prompts": eval_videos, "checkpoint_every": 100}
     merged = {**overrides, "teacher": {**overrides.get("teacher", {}), **teacher},
               "tracking": {"experiment": "dcm-teacher-study"}}
-    return load_params(ROOT / "params.yaml").with_overrides(merged)
+    return load_params(ROOT / "params.yaml").with_overrides(STUDY_BASE).with_overrides(merged)
 
 
 def run(args: argparse.Namespace) -> None:
