@@ -85,7 +85,9 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
                             "most training near sigma 0.5, where the outline is decided (the committed teacher)",
                             COMMITTED_RECIPE),
     "x0_pure25_big_logit_long": ("x0_pure25_big_logit continued past its 3,000 steps (resumed from that run's "
-                                 "checkpoint, a copy of artifacts/teacher/, with the cosine stretched to --steps)",
+                                 "checkpoint: `mkdir -p artifacts/teacher_study/x0_pure25_big_logit_long && cp "
+                                 "artifacts/teacher/checkpoint.pt artifacts/teacher_study/x0_pure25_big_logit_long/`; "
+                                 "the cosine stretched to --steps 4500; stopped at 3,500 to free the CPU)",
                                  COMMITTED_RECIPE),
     "frame_patch8": ("per-frame 8x8 patches (128 tokens, 192 values each), 6 layers of width 128, coordinates, "
                      "clean-sample prediction", {
@@ -186,7 +188,7 @@ def report(_: argparse.Namespace) -> None:
         what, overrides = CANDIDATES[name]
         flat = yaml.safe_dump(overrides, default_flow_style=True, width=1000).strip()
         lines += [f"## `{name}`: {what}", "",
-                  f"`python benchmarks/teacher_study.py run {name} --steps 3000` (overrides: `{flat}`)", "",
+                  f"`python benchmarks/teacher_study.py run {name} --steps {4500 if name.endswith('_long') else 3000}` (overrides: `{flat}`)", "",
                   frame.to_markdown(index=False, floatfmt=".3f"), ""]
     for path in sorted(CURVES_DIR.glob("guidance_*.csv")):
         name = path.stem.removeprefix("guidance_")

@@ -1,10 +1,9 @@
-"""dcm.launch: the accelerate command it builds, a real 2-process CPU run, and its refusals."""
+"""dcm.launch: the accelerate command it builds and its refusals (a real two-process CPU run through the
+launch params: tests/test_distill.py::test_two_cpu_processes_through_the_launch_params)."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -59,29 +58,3 @@ def test_no_relaunch_for_one_plain_process(monkeypatch):
     for name in ("LOCAL_RANK", "WORLD_SIZE", "ACCELERATE_MIXED_PRECISION"):
         monkeypatch.delenv(name, raising=False)
     relaunch(_params(num_processes=1), ["s.py"])
-
-
-SCRIPT = """
-import sys
-import torch
-from accelerate import Accelerator
-from dcm.config import parse_params
-from dcm.launch import relaunch
-
-relaunch(parse_params({"launch": {"num_processes": 2, "config_file": sys.argv[1]}}))
-a = Accelerator(cpu=not torch.cuda.is_available())  # as the stages make it
-print(f"rank {a.process_index} of {a.num_processes} {a.distributed_type.value} main {a.is_main_process}", flush=True)
-"""
-
-
-def test_two_cpu_processes_run(tmp_path):
-    script = tmp_path / "probe.py"
-    script.write_text(SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "ACCELERATE_MIXED_PRECISION")}
-    env["PYTHONPATH"] = str(ROOT / "src")
-    done = subprocess.run([sys.executable, str(script), CPU_2PROC], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    # the two processes share one pipe, so their lines may interleave: find the reports anywhere
-    lines = sorted(re.findall(r"rank \d of \d \w+ main (?:True|False)", done.stdout))
-    assert lines == ["rank 0 of 2 MULTI_CPU main True", "rank 1 of 2 MULTI_CPU main False"]
