@@ -36,7 +36,8 @@ REPORT = ROOT / "reports" / "teacher_recipe.md"
 STUDY_BASE = {
     "world": {"object_radius": 5.0, "speed_max": 2.0},
     "model": {"tiny": {"coordinate_channels": False, "prediction": "velocity"}},
-    "teacher": {"loss": "velocity", "pure_noise_share": 0.0, "train_shift": None, "timestep_sampling": "uniform"},
+    "teacher": {"loss": "velocity", "pure_noise_share": 0.0, "train_shift": None, "timestep_sampling": "uniform",
+                "restarts": []},
 }
 # the committed teacher's recipe (params.yaml) as overrides of STUDY_BASE
 COMMITTED_RECIPE = {
@@ -85,15 +86,24 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
                             "most training near sigma 0.5, where the outline is decided (the committed teacher)",
                             COMMITTED_RECIPE),
     "x0_pure25_big_logit_long": ("x0_pure25_big_logit continued past its 3,000 steps (resumed from that run's "
-                                 "checkpoint: `mkdir -p artifacts/teacher_study/x0_pure25_big_logit_long && cp "
-                                 "artifacts/teacher/checkpoint.pt artifacts/teacher_study/x0_pure25_big_logit_long/`; "
-                                 "the cosine stretched to --steps 4500; stopped at 3,500 to free the CPU)",
+                                 "checkpoint, before `teacher.restarts` existed: the cosine stretched to --steps 4500, "
+                                 "so the rate rose to 35% of its peak; stopped at 3,500 to free the CPU)",
                                  COMMITTED_RECIPE),
+    "logit_restart35": ("x0_pure25_big_logit continued from its 3,000-step checkpoint with a second cosine that "
+                        "starts at 35% of the peak rate (`teacher.restarts: [3000]`)",
+                        {**COMMITTED_RECIPE, "teacher": {**COMMITTED_RECIPE["teacher"], "restarts": [3000],
+                                                         "restart_lr_ratio": 0.35}}),
+    "logit_restart70": ("as logit_restart35 with the second cosine starting at 70% of the peak rate",
+                        {**COMMITTED_RECIPE, "teacher": {**COMMITTED_RECIPE["teacher"], "restarts": [3000],
+                                                         "restart_lr_ratio": 0.7}}),
     "frame_patch8": ("per-frame 8x8 patches (128 tokens, 192 values each), 6 layers of width 128, coordinates, "
                      "clean-sample prediction", {
         "model": {"tiny": {"patch_size": [1, 8, 8], "num_layers": 6, "coordinate_channels": True,
                            "prediction": "sample"}}}),
 }
+STUDY_STEPS = {"x0_pure25_big_logit_long": 4500, "logit_restart35": 5500, "logit_restart70": 5500}  # else 3000
+# candidates that continue a finished candidate: their first call starts from a copy of its checkpoint
+CONTINUES = {name: "x0_pure25_big_logit" for name in ("x0_pure25_big_logit_long", "logit_restart35", "logit_restart70")}
 
 
 def candidate_params(name: str, steps: int, eval_every: int, eval_videos: int):
@@ -109,13 +119,19 @@ def candidate_params(name: str, steps: int, eval_every: int, eval_videos: int):
 
 
 def run(args: argparse.Namespace) -> None:
-    from dcm.layout import VALIDATION
+    from dcm.layout import CHECKPOINT, VALIDATION
     from dcm.teacher.training import train_teacher
     from dcm.tracking import stage_run
 
     torch.set_num_threads(args.threads)
     params = candidate_params(args.name, args.steps, args.eval_every, args.eval_videos)
     out = STUDY_DIR / args.name
+    if args.name in CONTINUES and not (out / CHECKPOINT).exists():
+        parent = STUDY_DIR / CONTINUES[args.name] / CHECKPOINT
+        if not parent.exists():
+            raise SystemExit(f"{args.name} continues {CONTINUES[args.name]}: run that candidate first ({parent} is missing)")
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(parent, out / CHECKPOINT)
     tick = time.perf_counter()
     with stage_run(f"teacher_study:{args.name}", params, {"study.candidate": args.name}):
         train_teacher(params, out)
@@ -136,7 +152,7 @@ def guidance(args: argparse.Namespace) -> None:
     from dcm.teacher.probes import accuracy, sample_videos
 
     torch.set_num_threads(args.threads)
-    params = candidate_params(args.name, 3000, 500, args.eval_videos)
+    params = candidate_params(args.name, STUDY_STEPS.get(args.name, 3000), 500, args.eval_videos)
     backbone = load_tiny_backbone(STUDY_DIR / args.name / "model")
     items = toy_items("validation", args.eval_videos)
     rows = []
@@ -188,7 +204,7 @@ def report(_: argparse.Namespace) -> None:
         what, overrides = CANDIDATES[name]
         flat = yaml.safe_dump(overrides, default_flow_style=True, width=1000).strip()
         lines += [f"## `{name}`: {what}", "",
-                  f"`python benchmarks/teacher_study.py run {name} --steps {4500 if name.endswith('_long') else 3000}` (overrides: `{flat}`)", "",
+                  f"`python benchmarks/teacher_study.py run {name} --steps {STUDY_STEPS.get(name, 3000)}` (overrides: `{flat}`)", "",
                   frame.to_markdown(index=False, floatfmt=".3f"), ""]
     for path in sorted(CURVES_DIR.glob("guidance_*.csv")):
         name = path.stem.removeprefix("guidance_")

@@ -72,6 +72,8 @@ CASES = [
     Case("not a mapping", ["params"], ["params.yaml must hold a mapping of sections, got list"], params="- 1\n- 2\n"),
     Case("unknown key", ["params"], ["teacher.lrr", "Extra inputs are not permitted"], {"teacher": {"lrr": 0.1}}),
     Case("negative learning rate", ["teacher"], ["teacher.lr = -1", "greater than 0"], {"teacher": {"lr": -1}}),
+    Case("teacher restart after the last step", ["teacher"], ["teacher: ", "restarts = [9]", "before steps (6)"],
+         {"teacher": {"restarts": [9]}}),
     Case("boundary off the grid", ["params"], ["boundary = 9 must be a grid index in [1, 3]"], {"boundary": 9}),
     Case("odd dcm steps", ["sample"], ["sample.steps", "[3]", "even step counts"], {"sample": {"steps": [3]}}),
     Case("world that cannot fit", ["params"], ["world", "speed_max", "room"],

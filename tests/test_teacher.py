@@ -72,21 +72,53 @@ def test_missing_model_names_the_files_expected(tmp_path):
         load_backbone(tmp_path / "nowhere")
 
 
-def test_more_steps_continue_a_finished_run_and_other_params_restart_it(tmp_path, micro_params, monkeypatch):
-    train_teacher(micro_params, tmp_path / "t")
-    real_batch = teacher_mod.training_batch
-    steps_taken = []
+@pytest.fixture
+def steps_taken(monkeypatch):
+    """The training steps the teacher takes from here on (the step of every batch it draws)."""
+    real_batch, taken = teacher_mod.training_batch, []
 
     def counting(params, table, step):
-        steps_taken.append(step)
+        taken.append(step)
         return real_batch(params, table, step)
 
     monkeypatch.setattr(teacher_mod, "training_batch", counting)
-    train_teacher(micro_params.with_overrides({"teacher": {"steps": 8}}), tmp_path / "t")
+    return taken
+
+
+def test_a_restart_at_the_last_step_continues_a_finished_run_exactly_as_a_run_from_scratch(tmp_path, micro_params,
+                                                                                           steps_taken):
+    train_teacher(micro_params, tmp_path / "t")
+    steps_taken.clear()
+    continued = micro_params.with_overrides({"teacher": {"steps": 8, "restarts": [6], "restart_lr_ratio": 0.5}})
+    train_teacher(continued, tmp_path / "t")
     assert steps_taken == [6, 7]
+    steps_taken.clear()
+    train_teacher(continued, tmp_path / "scratch")
+    assert steps_taken == list(range(8))
+    scratch, resumed = _weights(tmp_path / "scratch" / "model"), _weights(tmp_path / "t" / "model")
+    for name in scratch:
+        torch.testing.assert_close(resumed[name], scratch[name], msg=name)
+
+
+def test_a_checkpoint_trained_with_another_schedule_or_other_params_is_not_resumed(tmp_path, micro_params, steps_taken):
+    train_teacher(micro_params, tmp_path / "t")
+    steps_taken.clear()
+    train_teacher(micro_params.with_overrides({"teacher": {"steps": 8}}), tmp_path / "t")  # stretches the past cosine
+    assert steps_taken == list(range(8))
     steps_taken.clear()
     train_teacher(micro_params.with_overrides({"teacher": {"steps": 8, "lr": 5e-4}}), tmp_path / "t")
     assert steps_taken == list(range(8))
+
+
+def test_each_cosine_segment_starts_at_its_peak_and_ends_at_the_floor(micro_params):
+    params = micro_params.with_overrides({"teacher": {"steps": 20, "warmup_steps": 2, "restarts": [10],
+                                                      "restart_lr_ratio": 0.5, "min_lr_ratio": 0.1}})
+    lr = teacher_mod.lr_lambda(params)
+    assert [lr(0), lr(1), lr(2)] == [0.5, 1.0, 1.0]
+    assert lr(9) > 0.1 and lr(10) == 0.5 and lr(19) > 0.1
+    assert lr(20) == pytest.approx(0.1)
+    first_segment_alone = teacher_mod.lr_lambda(params.with_overrides({"teacher": {"steps": 10, "restarts": []}}))
+    assert [lr(k) for k in range(10)] == [first_segment_alone(k) for k in range(10)]
 
 
 def test_denoising_probe_reads_attributes_from_lightly_noised_videos_only(micro_params):

@@ -135,8 +135,8 @@ _distill_command("pcm", "Train the PCM baseline: one student, pcm.phases phases 
 
 @command("sample")
 def sample_cmd(path: Path = ParamsOption) -> None:
-    """Sample every method of sample.methods (teacher at flow.steps with CFG; lcm, pcm and dcm at each
-    of sample.steps with guidance 1) on the same held-out prompts and initial noise, into
+    """Sample every method of sample.methods (teacher at flow.steps with CFG; undistilled, the teacher
+    with CFG, and lcm, pcm and dcm with guidance 1 at each of sample.steps) on the same held-out prompts and initial noise, into
     artifacts/samples/<method>@<steps>/ (mp4 + manifest.jsonl), and time each one."""
     from dcm.pipeline.sample import run_sample
 

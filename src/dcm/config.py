@@ -129,6 +129,12 @@ class TeacherParams(_Section):
     lr: float = Field(1e-3, gt=0.0, le=1.0, description="peak learning rate (AdamW)")
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine floor as a fraction of lr")
     warmup_steps: int = Field(250, ge=0)
+    restarts: list[Annotated[int, Field(ge=1)]] = Field(
+        [], description="steps where the cosine restarts (at restart_lr_ratio of lr) and runs to the next restart "
+        "or to `steps`: a finished run continues with its last step here, and a run from scratch with the same "
+        "list takes exactly the same steps")
+    restart_lr_ratio: float = Field(0.35, gt=0.0, le=1.0, description="learning rate at each restart, as a "
+                                    "fraction of lr")
     weight_decay: float = Field(0.01, ge=0.0)
     grad_clip: float = Field(1.0, gt=0.0)
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
@@ -150,6 +156,13 @@ class TeacherParams(_Section):
     eval_sample_steps: int = Field(20, ge=2, description="Euler steps of the accuracy check's sampler")
     eval_guidance_scale: float = Field(3.0, ge=1.0, le=20.0, description="CFG scale of the accuracy check")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _restarts_inside_the_run(self) -> TeacherParams:
+        if self.restarts != sorted(set(self.restarts)) or any(r <= self.warmup_steps or r >= self.steps for r in self.restarts):
+            raise ValueError(f"restarts = {self.restarts} must be increasing steps after warmup_steps "
+                             f"({self.warmup_steps}) and before steps ({self.steps})")
+        return self
 
 
 class TeacherEvalParams(_Section):
@@ -259,7 +272,9 @@ class BaselineParams(_Section):
 class SampleParams(_Section):
     """Few-step sampling of every method on shared prompts and noise (stage ``sample``)."""
 
-    methods: tuple[Literal["teacher", "lcm", "pcm", "dcm"], ...] = ("teacher", "lcm", "pcm", "dcm")
+    methods: tuple[Literal["teacher", "undistilled", "lcm", "pcm", "dcm"], ...] = Field(
+        ("teacher", "undistilled", "lcm", "pcm", "dcm"), description="teacher: flow.steps with CFG; undistilled: "
+        "the teacher with CFG at each student step count (the control); lcm, pcm, dcm: the students")
     steps: tuple[int, ...] = Field((2, 4, 8), description="student step counts (the teacher uses flow.steps)")
     videos: int = Field(32, ge=1, description="videos per method and step count (held-out prompts and seeds); "
                         "with VBench's suite as prompt_file: how many of its prompts")

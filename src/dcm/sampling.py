@@ -1,10 +1,10 @@
 """The sampler: Euler steps on a schedule, with DCM's switch between experts by timestep.
 
-Every method samples with plain Euler steps on a subset of the teacher's grid and guidance 1
-(the students learned the CFG-guided teacher). Schedules, as grid indices from noise to clean:
+Every method samples with plain Euler steps on a subset of the teacher's grid; the students with
+guidance 1 (they learned the CFG-guided teacher), the teacher and ``undistilled`` with its CFG. Schedules, as grid indices from noise to clean:
 
-* ``lcm``, ``pcm``: ``k`` steps spread uniformly over the grid (for PCM with ``k`` a multiple of
-  its phases, the steps land on the phase edges);
+* ``undistilled``, ``lcm``, ``pcm``: ``k`` steps spread uniformly over the grid (for PCM with ``k``
+  a multiple of its phases, the steps land on the phase edges);
 * ``dcm``: ``k / 2`` steps uniform inside the semantic sub-trajectory ``[N, boundary]`` and
   ``k / 2`` inside the detail sub-trajectory ``[boundary, 0]``; the semantic expert runs at
   sigmas above the boundary's, the detail expert at and below it.
@@ -28,7 +28,9 @@ from dcm.errors import DcmError
 from dcm.guidance import initial_noise
 from dcm.models.base import Backbone
 
-METHODS = ("teacher", "lcm", "pcm", "dcm")
+# ``undistilled``: the teacher itself with its CFG on LCM's few-step schedule, the control that says
+# what distillation adds over plain few-step Euler sampling
+METHODS = ("teacher", "undistilled", "lcm", "pcm", "dcm")
 
 
 class SamplingError(DcmError, ValueError):
@@ -48,7 +50,7 @@ def schedule(method: str, steps: int, grid_steps: int, boundary: int) -> list[in
         if steps != grid_steps:
             raise SamplingError(f"the teacher samples the full {grid_steps}-step grid, not {steps} steps")
         return list(range(grid_steps, -1, -1))
-    if method in ("lcm", "pcm"):
+    if method in ("undistilled", "lcm", "pcm"):
         return uniform_indices(grid_steps, 0, steps)
     if method == "dcm":
         if steps % 2:

@@ -158,7 +158,7 @@ def load_student(stage: str, backbone: Backbone, params: Params, layout: Layout 
 
 def student_stages(method: str) -> tuple[str, ...]:
     """The student stages a method samples from."""
-    return {"teacher": (), "lcm": ("lcm",), "pcm": ("pcm",), "dcm": ("semantic", "detail")}[method]
+    return {"teacher": (), "undistilled": (), "lcm": ("lcm",), "pcm": ("pcm",), "dcm": ("semantic", "detail")}[method]
 
 
 def check_method(method: str, params: Params, layout: Layout = Layout()) -> None:
@@ -173,7 +173,7 @@ def load_sampler(method: str, steps: int, backbone: Backbone, params: Params, la
     """A method's model(s) from the stage folders, checked against params before any compute."""
     sigmas = method_sigmas(method, steps, backbone, params)
     check_method(method, params, layout)
-    if method == "teacher":
+    if method in ("teacher", "undistilled"):
         return Sampler(method, steps, sigmas, params.trajectories.guidance_scale, backbone.transformer)
     if method in ("lcm", "pcm"):
         return Sampler(method, steps, sigmas, 1.0, load_student(method, backbone, params, layout)[1])

@@ -124,10 +124,17 @@ def research_bar(metrics: dict[str, dict], teacher_key: str) -> list[list[str]]:
         if None not in (dcm, pcm, lcm):
             rows.append([f"{k} steps: Total DCM >= PCM >= LCM", f"{dcm:.4f} / {pcm:.4f} / {lcm:.4f}",
                          _holds(dcm >= pcm >= lcm)])
-    dcm4, teacher = total("dcm@4"), total(teacher_key)
-    if None not in (dcm4, teacher):
-        rows.append([f"DCM@4 Total within 0.01 of the teacher's ({teacher_key})",
-                     f"{dcm4:.4f} vs {teacher:.4f} (gap {teacher - dcm4:+.4f})", _holds(teacher - dcm4 <= 0.01 + 1e-9)])
+    teacher = total(teacher_key)
+    for k, gap in ((4, 0.02), (2, 0.05)):  # the paper's 4-step parity and its stated 2-step limitation
+        dcm = total(f"dcm@{k}")
+        if None not in (dcm, teacher):
+            rows.append([f"DCM@{k} Total within {gap} of the teacher's ({teacher_key})",
+                         f"{dcm:.4f} vs {teacher:.4f} (gap {teacher - dcm:+.4f})", _holds(teacher - dcm <= gap + 1e-9)])
+    for k in (4, 8):
+        dcm, undistilled = total(f"dcm@{k}"), total(f"undistilled@{k}")
+        if None not in (dcm, undistilled):
+            rows.append([f"{k} steps: DCM beats the undistilled teacher's {k}-step CFG samples (distillation adds "
+                         "something)", f"{dcm:.4f} vs {undistilled:.4f}", _holds(dcm > undistilled)])
     speedup = metrics.get("dcm@4", {}).get("speedup_vs_teacher")
     if speedup is not None:
         rows.append(["DCM@4 at least 20x faster than the teacher", f"{speedup:.1f}x", _holds(speedup >= 20)])

@@ -35,9 +35,10 @@ from dcm.world.render import render_batch
 log = logging.getLogger(__name__)
 
 TRAINING_SWAP_SIGMAS = (0.7, 1.0)  # where the checks during training run the prompt-swap probe
-# Settings that do not change what the steps taken so far learned: raising teacher.steps
-# continues a run (with the cosine schedule stretched to the new length).
-FINGERPRINT_IGNORE = ("model.path", "teacher.steps", "teacher.checkpoint_every", "teacher.eval_every", "teacher.eval_prompts",
+# Settings that do not change what the steps taken so far learned: raising teacher.steps (and adding
+# the last step to teacher.restarts) continues a finished run; the schedule a checkpoint was trained
+# with is checked separately (``lr_ratios`` in the checkpoint).
+FINGERPRINT_IGNORE = ("model.path", "teacher.steps", "teacher.restarts", "teacher.restart_lr_ratio", "teacher.checkpoint_every", "teacher.eval_every", "teacher.eval_prompts",
                       "teacher.eval_sample_steps", "teacher.eval_guidance_scale")
 
 
@@ -62,13 +63,23 @@ class TrainState:
 
 
 def lr_lambda(params: Params):
+    """Linear warm-up, then a cosine down to ``min_lr_ratio`` in each segment between restarts.
+
+    The first segment ends at the first restart whatever ``steps`` is, so continuing a finished
+    run (its last step added to ``restarts``) and training the same params from scratch take the
+    same steps.
+    """
     t = params.teacher
+    ends = [*t.restarts, t.steps]
 
     def fn(step: int) -> float:
         if step < t.warmup_steps:
             return (step + 1) / t.warmup_steps
-        progress = min(1.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
-        return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        segment = next((i for i, end in enumerate(ends) if step < end), len(ends) - 1)
+        start = t.warmup_steps if segment == 0 else ends[segment - 1]
+        peak = 1.0 if segment == 0 else t.restart_lr_ratio
+        progress = min(1.0, (step - start) / max(1, ends[segment] - start))
+        return t.min_lr_ratio + (peak - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return fn
 
@@ -112,7 +123,8 @@ def train_teacher(params: Params, out_dir: Path) -> TinyBackbone:
     model = backbone.transformer
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=(0.9, 0.99))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(params))
+    schedule = lr_lambda(params)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     state = TrainState()
     ckpt_path = out_dir / CHECKPOINT
     fp = fingerprint(stage_values(params, "teacher", ignore=FINGERPRINT_IGNORE))
@@ -120,12 +132,18 @@ def train_teacher(params: Params, out_dir: Path) -> TinyBackbone:
     if ckpt is not None and (ckpt.get("fingerprint") != fp or ckpt["state"]["step"] > t.steps):
         log.warning("%s was written with other params, or past %d steps; training from scratch", ckpt_path, t.steps)
         ckpt = None
+    if ckpt is not None and any(not math.isclose(schedule(k), r, rel_tol=1e-9) for k, r in enumerate(ckpt.get("lr_ratios", []))):
+        log.warning("%s was trained with another learning-rate schedule (teacher.steps or teacher.restarts changed "
+                    "before its step %d); training from scratch", ckpt_path, ckpt["state"]["step"])
+        ckpt = None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         state = TrainState(**ckpt["state"])
+        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+            group["lr"] = base_lr * schedule(state.step)  # the saved rate is the old schedule's, if it restarts here
         log.info("resuming teacher training from %s at step %d", ckpt_path, state.step)
     model, optimizer = accelerator.prepare(model, optimizer)
     table = PromptTable(backbone)
@@ -137,6 +155,7 @@ def train_teacher(params: Params, out_dir: Path) -> TinyBackbone:
                 "model": accelerator.unwrap_model(model).state_dict(), "ema": ema.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "state": state.__dict__, "fingerprint": fp,
+                "lr_ratios": [schedule(k) for k in range(state.step)],
             }, ckpt_path)
 
     def check() -> None:
