@@ -79,7 +79,8 @@ def test_repro_writes_the_teacher_and_its_report(repo):
         assert (repo / "artifacts" / stage / "model" / "config.json").exists()
     assert (repo / "artifacts/detail/detail.safetensors").exists()
     metrics = json.loads((repo / "reports/metrics.json").read_text())
-    assert sorted(metrics) == ["dcm@2", "dcm@4", "lcm@2", "lcm@4", "pcm@2", "pcm@4", "teacher@8"]
+    assert sorted(metrics) == ["dcm@2", "dcm@4", "lcm@2", "lcm@4", "pcm@2", "pcm@4", "teacher@8", "undistilled@2",
+                              "undistilled@4"]
     for key, entry in metrics.items():
         assert {"latency_s", "total", "quality", "semantic", "psnr_vs_teacher"} <= entry.keys(), key
         assert entry["vbench_dimensions"] == "temporal_flickering"
