@@ -82,7 +82,7 @@ def test_repro_writes_the_teacher_and_its_report(repo):
     assert sorted(metrics) == ["dcm@2", "dcm@4", "lcm@2", "lcm@4", "pcm@2", "pcm@4", "teacher@8", "undistilled@2",
                               "undistilled@4"]
     for key, entry in metrics.items():
-        assert {"latency_s", "total", "quality", "semantic", "psnr_vs_teacher"} <= entry.keys(), key
+        assert {"latency_s", "forward_passes", "total", "quality", "semantic", "psnr_vs_teacher"} <= entry.keys(), key
         assert entry["vbench_dimensions"] == "temporal_flickering"
     for key in metrics:
         records = read_manifest(repo / "artifacts/samples" / key)

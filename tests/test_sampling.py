@@ -38,6 +38,15 @@ def test_the_undistilled_control_is_the_teacher_with_its_cfg_on_lcms_schedule(tm
     assert schedule("undistilled", 4, 50, 35) == schedule("lcm", 4, 50, 35)
 
 
+def test_cfg_doubles_the_transformer_calls_and_embedded_guidance_does_not(micro_params):
+    from dcm.models.hunyuan import HunyuanVideoBackbone
+
+    tiny = build_tiny_backbone(micro_params.model.tiny)
+    assert tiny.forward_passes(50, 2.0) == 100 and tiny.forward_passes(4, 1.0) == 4
+    embedded = object.__new__(HunyuanVideoBackbone)  # the guidance kind is a class attribute: no weights needed
+    assert embedded.forward_passes(50, 6.0) == 50
+
+
 @pytest.mark.parametrize("method, steps, message", [
     ("dcm", 3, "odd"),
     ("sde", 4, "unknown method"),

@@ -112,6 +112,11 @@ class Backbone(ABC):
         return guided(lambda x, s, c: self.velocity(transformer, x, s, c), cond, uncond, guidance_scale)
 
     # ---- what the detail expert and the discriminator need ------------------------------------
+    def forward_passes(self, steps: int, guidance_scale: float) -> int:
+        """Transformer calls (per video) of ``steps`` sampling steps: CFG runs two branches per step
+        unless its scale is 1; embedded guidance runs one."""
+        return steps * (2 if self.guidance == "cfg" and guidance_scale != 1.0 else 1)
+
     def feature_blocks(self, transformer: nn.Module | None = None) -> list[nn.Module]:
         """The transformer blocks whose outputs the discriminator reads, in order."""
         transformer = transformer or self.transformer

@@ -29,6 +29,7 @@ def time_sampler(sampler, backbone, prompts: list[str], seeds: list[int], shape,
         times.append(time.perf_counter() - tick)
     per_video = statistics.median(times) / len(batch_p)
     return {"latency_s": per_video, "per_step_s": per_video / sampler.steps, "steps": sampler.steps,
+            "forward_passes": backbone.forward_passes(sampler.steps, sampler.guidance_scale),
             "batch": len(batch_p), "repeats": len(times)}
 
 

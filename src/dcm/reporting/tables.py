@@ -135,9 +135,15 @@ def research_bar(metrics: dict[str, dict], teacher_key: str) -> list[list[str]]:
         if None not in (dcm, undistilled):
             rows.append([f"{k} steps: DCM beats the undistilled teacher's {k}-step CFG samples (distillation adds "
                          "something)", f"{dcm:.4f} vs {undistilled:.4f}", _holds(dcm > undistilled)])
-    speedup = metrics.get("dcm@4", {}).get("speedup_vs_teacher")
-    if speedup is not None:
-        rows.append(["DCM@4 at least 20x faster than the teacher", f"{speedup:.1f}x", _holds(speedup >= 20)])
+    # the paper's speed-ups (HunyuanVideo 12.4x, one call per step; CogVideoX 23x, CFG) are its cut in
+    # transformer calls, less the sampler's overhead
+    dcm4, teacher_entry = metrics.get("dcm@4", {}), metrics.get(teacher_key, {})
+    speedup, calls, teacher_calls = (dcm4.get("speedup_vs_teacher"), dcm4.get("forward_passes"),
+                                     teacher_entry.get("forward_passes"))
+    if None not in (speedup, calls, teacher_calls):
+        ideal = teacher_calls / calls
+        rows.append([f"DCM@4 speed-up at least 90% of its cut in transformer calls ({teacher_calls} -> {calls}: "
+                     f"{ideal:.1f}x)", f"{speedup:.1f}x", _holds(speedup >= 0.9 * ideal)])
     for k in (4, 8):
         dcm, lcm = metrics.get(f"dcm@{k}", {}).get("per_step_s"), metrics.get(f"lcm@{k}", {}).get("per_step_s")
         if None not in (dcm, lcm):
