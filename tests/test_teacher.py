@@ -110,6 +110,21 @@ def test_a_checkpoint_trained_with_another_schedule_or_other_params_is_not_resum
     assert steps_taken == list(range(8))
 
 
+def test_the_sampling_grid_shift_is_part_of_the_checkpoint_only_when_training_draws_from_it(tmp_path, micro_params,
+                                                                                              steps_taken):
+    own_shift = micro_params.with_overrides({"teacher": {"train_shift": 1.0}})
+    train_teacher(own_shift, tmp_path / "own")
+    steps_taken.clear()
+    longer = {"flow": {"shift": 17.0}, "teacher": {"steps": 8, "restarts": [6]}}
+    train_teacher(own_shift.with_overrides(longer), tmp_path / "own")
+    assert steps_taken == [6, 7]  # continued: the grid's shift never reached a training step
+    shared = micro_params.with_overrides({"teacher": {"train_shift": None}})
+    train_teacher(shared, tmp_path / "shared")
+    steps_taken.clear()
+    train_teacher(shared.with_overrides(longer), tmp_path / "shared")
+    assert steps_taken == list(range(8))  # the training noise levels followed the grid's shift: start over
+
+
 def test_each_cosine_segment_starts_at_its_peak_and_ends_at_the_floor(micro_params):
     params = micro_params.with_overrides({"teacher": {"steps": 20, "warmup_steps": 2, "restarts": [10],
                                                       "restart_lr_ratio": 0.5, "min_lr_ratio": 0.1}})

@@ -62,6 +62,13 @@ class TrainState:
     validation: list[dict] = field(default_factory=list)  # one row per check: step, minutes, accuracies
 
 
+def fingerprint_ignore(params: Params) -> tuple[str, ...]:
+    """:data:`FINGERPRINT_IGNORE`, and ``flow.shift`` when the training noise levels have their own
+    shift (``teacher.train_shift``): the sampling grid then changes how the teacher is sampled and
+    checked, not what its training steps learned."""
+    return FINGERPRINT_IGNORE + (("flow.shift",) if params.teacher.train_shift is not None else ())
+
+
 def lr_lambda(params: Params):
     """Linear warm-up, then a cosine down to ``min_lr_ratio`` in each segment between restarts.
 
@@ -127,7 +134,7 @@ def train_teacher(params: Params, out_dir: Path) -> TinyBackbone:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     state = TrainState()
     ckpt_path = out_dir / CHECKPOINT
-    fp = fingerprint(stage_values(params, "teacher", ignore=FINGERPRINT_IGNORE))
+    fp = fingerprint(stage_values(params, "teacher", ignore=fingerprint_ignore(params)))
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
     if ckpt is not None and (ckpt.get("fingerprint") != fp or ckpt["state"]["step"] > t.steps):
         log.warning("%s was written with other params, or past %d steps; training from scratch", ckpt_path, t.steps)
