@@ -273,8 +273,9 @@ class SampleParams(_Section):
     """Few-step sampling of every method on shared prompts and noise (stage ``sample``)."""
 
     methods: tuple[Literal["teacher", "undistilled", "lcm", "pcm", "dcm"], ...] = Field(
-        ("teacher", "undistilled", "lcm", "pcm", "dcm"), description="teacher: flow.steps with CFG; undistilled: "
-        "the teacher with CFG at each student step count (the control); lcm, pcm, dcm: the students")
+        ("teacher", "undistilled", "lcm", "pcm", "dcm"), description="teacher: flow.steps with its guidance "
+        "(trajectories.guidance_scale); undistilled: the same teacher at each student step count (the control); "
+        "lcm, pcm, dcm: the students, guidance 1")
     steps: tuple[int, ...] = Field((2, 4, 8), description="student step counts (the teacher uses flow.steps)")
     videos: int = Field(32, ge=1, description="videos per method and step count (held-out prompts and seeds); "
                         "with VBench's suite as prompt_file: how many of its prompts")
