@@ -171,8 +171,19 @@ def summarise(frame, window: int = 3) -> dict:
     last = frame.total.iloc[-window:].mean()
     before = frame.total.iloc[-2 * window:-window].mean() if len(frame) >= 2 * window else float("nan")
     return {"steps": int(frame.step.iloc[-1]), "start": frame.total.iloc[0], "best": frame.total.max(),
-            "best_step": int(frame.step.iloc[frame.total.values.argmax()]), f"last{window}": last,
+            "best_step": int(frame.step.iloc[frame.total.values.argmax()]),
+            "best3": best_window(frame, window)[0], "best3_step": best_window(frame, window)[1], f"last{window}": last,
             "change": last - before, "flat": bool(abs(last - before) <= 0.01)}
+
+
+def best_window(frame, window: int = 3) -> tuple[float, int]:
+    """The highest mean of ``window`` consecutive checks, and the step at its centre: the selection
+    rule (one check of 32 videos is too noisy to pick a step count by)."""
+    smooth = frame.total.rolling(window, center=True).mean()
+    if smooth.isna().all():
+        return float(frame.total.mean()), int(frame.step.iloc[-1])
+    at = int(smooth.values.argmax() if not smooth.isna().any() else smooth.fillna(-1).values.argmax())
+    return float(smooth.iloc[at]), int(frame.step.iloc[at])
 
 
 def report(_: argparse.Namespace) -> None:
@@ -211,13 +222,17 @@ def report(_: argparse.Namespace) -> None:
                            "G (weighted)": terms["g_scale"] * terms["loss_g"], "G weight": terms["g_scale"],
                            "FM": terms.get("loss_fm"), "D": terms.get("loss_d"), "grad norm": terms.get("grad_norm")})
     table = pd.DataFrame(rows).sort_values(["stage", "run"])
+    chosen = table.loc[table.groupby("stage").best3.idxmax()][["stage", "run", "best3", "best3_step", "start"]]
     lines = ["# Student study", "",
              "Each run trains one student with the stage's own code on the committed teacher, one thread per",
              "run, two runs side by side, and checks it every 50 steps: 4-step samples (the pipeline's",
              "schedules; the semantic expert followed by the guided teacher, the detail expert after its",
              "semantic expert) of 32 *validation* videos, scored by the toy evaluator. Nothing here looks at",
              "the held-out split. `last3`: mean of the last three checks; `change`: that minus the three",
-             "before; `flat`: |change| <= 0.01.", "",
+             "before; `flat`: |change| <= 0.01. `best3`: the highest mean of three consecutive checks, and",
+             "`best3_step` the step at its centre. The rule: each stage takes the run and step of its highest",
+             "`best3` (one check of 32 videos is too noisy to choose by; `start` is the untrained student).", "",
+             chosen.to_markdown(index=False, floatfmt=".3f"), "",
              "![validation curves](student_study.png)", "",
              table.to_markdown(index=False, floatfmt=".3f"), ""]
     if scales:
@@ -230,6 +245,7 @@ def report(_: argparse.Namespace) -> None:
     lines += [f"- `{name}`: `{command(name, specs[name])}`" for name in table.run]
     atomic_write_text(REPORT, "\n".join(lines) + "\n")
     print(table.to_string(index=False))
+    print("chosen:\n" + chosen.to_string(index=False))
     print(f"wrote {REPORT} and {REPORT.with_suffix('.png')}")
 
 
