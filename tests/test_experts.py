@@ -1,5 +1,6 @@
 """The parameter-efficient detail expert and the GAN discriminator."""
 
+import pytest
 import torch
 
 from dcm.distill.discriminator import Discriminator, FeatureTaps, d_hinge, g_hinge
@@ -103,6 +104,28 @@ def test_heads_that_see_several_frames_judge_motion(micro_params):
         assert before.shape == shape
         frame1 = (before - after).view(2, 4, 3, 3)[:, 1] if frames == 1 else (before - after)[:, 0, 1]
         assert (frame1.abs().max() > 1e-6) == (frames == 3)
+
+
+@pytest.mark.parametrize("frames", [1, 3])
+def test_the_discriminator_learns_to_tell_features_that_differ(frames):
+    """A hinge loss stuck at 2 (a head that outputs 0) in training then means the real and fake
+    features are alike, not that the heads (at the default width) cannot learn."""
+    from dcm.config import DetailParams
+
+    torch.manual_seed(0)
+    grid, channels = (4, 3, 3), 16
+    disc = Discriminator(channels, 1, width=DetailParams().head_width, frames=frames)
+    optimizer = torch.optim.AdamW(disc.parameters(), lr=1e-3, betas=(0.0, 0.999))
+    losses = []
+    for _ in range(60):
+        real = [torch.randn(4, 4 * 3 * 3, channels) + 0.5]
+        fake = [torch.randn(4, 4 * 3 * 3, channels) - 0.5]
+        loss = d_hinge(disc(real, grid), disc(fake, grid))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[0] > 1.5 and sum(losses[-10:]) / 10 < 0.5
 
 
 def test_hinge_losses():
