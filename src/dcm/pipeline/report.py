@@ -47,7 +47,10 @@ def analysis_figures(params: Params, layout: Layout) -> list[str]:
                          for stage, frame in curves.items())
         lines += ["Each student's Total on 4-step samples of the validation split while it trains (the detail "
                   "expert with the semantic expert before it; the semantic expert with the teacher after it). "
-                  f"Last: {last}.", "", f"![validation curves]({rel}/validation_curves.png)", ""]
+                  f"Last: {last}. Each stage's steps and learning rate were chosen where its validation "
+                  "score stops improving, in longer runs that go past that step "
+                  "(`reports/student_study.md`, `benchmarks/student_study.py`).", "",
+                  f"![validation curves]({rel}/validation_curves.png)", ""]
 
     shape = json.loads((layout.trajectories / TRAJECTORY_MANIFEST).read_text())["spec"]["shape"]
     spec = TrajectorySpec.from_params(params, tuple(shape))
