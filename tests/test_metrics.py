@@ -1,4 +1,7 @@
-"""The analytic evaluator: rendered truth scores high, each corruption hurts its own dimension."""
+"""The analytic evaluator: rendered truth scores high, each corruption hurts its own dimension,
+in both worlds (periodic textures, and random textures drawn per seed)."""
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -9,6 +12,7 @@ from dcm.world import all_prompts, render_video
 from dcm.world.metrics import (
     NORMALISATION_MIN,
     QUALITY_DIMENSIONS,
+    RANDOM_TEXTURE_DETAIL_MIN,
     SEMANTIC_DIMENSIONS,
     aggregate_scores,
     analyze_video,
@@ -50,13 +54,13 @@ def _swap_colour(video, _i):
     return video[..., [2, 0, 1]]  # red->green->blue->red; grayscale background unchanged
 
 
-@pytest.fixture(scope="module")
-def clean():
+@pytest.fixture(scope="module", params=["periodic", "random"])
+def clean(request):
     from dcm.config import Params
 
-    world = Params().world.to_config()
+    world = dataclasses.replace(Params().world.to_config(), textures=request.param)
     rows = _rows(world)
-    return world, rows, aggregate_scores(rows)
+    return world, rows, aggregate_scores(rows, world)
 
 
 def test_rendered_videos_are_recognised(clean):
@@ -87,14 +91,14 @@ def test_speed_is_recovered(clean):
 ])
 def test_each_corruption_breaks_its_dimension(clean, transform, dimension):
     world, _, clean_scores = clean
-    scores = aggregate_scores(_rows(world, transform))
+    scores = aggregate_scores(_rows(world, transform), world)
     assert scores[dimension] < clean_scores[dimension] - 0.1, (dimension, scores[dimension], clean_scores[dimension])
     assert scores["total"] < clean_scores["total"]
 
 
 def test_colour_swap_leaves_shape_and_motion_alone(clean):
     world, _, clean_scores = clean
-    scores = aggregate_scores(_rows(world, _swap_colour))
+    scores = aggregate_scores(_rows(world, _swap_colour), world)
     for dim in ("object_class", "motion_direction", "scene"):
         assert scores[dim] == pytest.approx(clean_scores[dim])
 
@@ -103,6 +107,24 @@ def test_documented_noise_floor_matches_calibration(world):
     floor = calibrate_noise_floor(world)
     for dim in QUALITY_DIMENSIONS:
         assert floor[dim] == pytest.approx(NORMALISATION_MIN[dim], abs=0.03), dim
+
+
+def test_random_texture_noise_floor_matches_calibration(world):
+    floor = calibrate_noise_floor(dataclasses.replace(world, textures="random"))
+    assert floor["detail"] == pytest.approx(RANDOM_TEXTURE_DETAIL_MIN, abs=0.03)
+
+
+def test_random_texture_detail_is_near_one_on_truth_and_lost_by_averaging_realisations(world):
+    """A model that averages over the seed's realisations renders gray: detail falls, while the class
+    of texture (its statistics) is still recognised where the averaging keeps an orientation."""
+    world = dataclasses.replace(world, textures="random")
+    prompt = "a red circle moving left on a stripes background"
+    truth = [render_video(prompt, seed, world) for seed in range(8)]
+    rows = [evaluate_video(v, prompt, world) for v in truth]
+    assert min(r["detail"] for r in rows) >= 0.9
+    assert all(r["recovered_texture"] == "stripes" for r in rows)
+    averaged = evaluate_video(np.mean(truth, axis=0), prompt, world)
+    assert averaged["detail"] < 0.5
 
 
 def test_noise_videos_score_near_zero(world):

@@ -86,3 +86,24 @@ def test_backgrounds_are_grayscale_with_fine_detail(world):
 def test_world_rejects_geometry_that_cannot_fit():
     with pytest.raises(ValueError, match="speed_max"):
         WorldConfig(frames=32, speed_max=3.0).check()
+
+
+def test_random_textures_are_drawn_per_seed_with_the_prompts_statistics():
+    """Random textures: the seed draws every band or cell (not one of a few phases), the prompt
+    fixes along which direction the texture stays constant."""
+    import dataclasses
+
+    from dcm.world.render import RANDOM_TEXTURE_CONSTANT_STEP, WorldConfig, render_texture
+
+    world = dataclasses.replace(WorldConfig(), textures="random")
+    for texture, step in RANDOM_TEXTURE_CONSTANT_STEP.items():
+        images = [render_texture(texture, (0, 0), world, seed) for seed in range(32)]
+        assert np.array_equal(images[3], render_texture(texture, (0, 0), world, 3))
+        assert len({im.tobytes() for im in images}) == 32
+        assert np.allclose(sorted(np.unique(images[0])), [world.texture_low, world.texture_high])
+        if step is not None:
+            dx, dy = step
+            image = images[0]
+            shifted = np.roll(np.roll(image, -dy, axis=0), -dx, axis=1)
+            inner = (slice(1, -1), slice(1, -1))
+            assert np.array_equal(image[inner], shifted[inner])

@@ -33,6 +33,10 @@ class WorldParams(_Section):
     speed_min: float = Field(1.0, gt=0.0, description="slowest speed, px per frame")
     speed_max: float = Field(2.0, gt=0.0, description="fastest speed, px per frame")
     texture_period: int = Field(4, ge=2, le=16, description="period of stripes and checker, px")
+    textures: Literal["periodic", "random"] = Field(
+        "periodic", description="periodic: the seed picks one of texture_period^2 phases (the first world); random: "
+        "the seed draws every band or cell, so fine detail is decided only at low noise (dcm.world.render)")
+    texture_cell: int = Field(2, ge=1, le=8, description="random textures: width of a band or cell, px")
     edge_start: float | None = Field(None, ge=0.0, description="null: an object starts anywhere its whole path "
                                      "fits; a number: within this many px of the edge it moves away from")
 

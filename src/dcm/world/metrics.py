@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from dcm.world.grammar import COLORS, DIRECTIONS, SHAPES, TEXTURES, Prompt, parse_prompt
-from dcm.world.render import WorldConfig, render_texture, shape_coverage
+from dcm.world.render import RANDOM_TEXTURE_CONSTANT_STEP, WorldConfig, render_texture, shape_coverage
 
 QUALITY_DIMENSIONS: dict[str, float] = {  # name -> weight (VBench gives dynamic degree 0.5)
     "subject_consistency": 1.0,
@@ -53,6 +53,8 @@ NORMALISATION_MIN: dict[str, float] = {
     "scene": 1 / len(TEXTURES),
 }
 NORMALISATION_MAX = 1.0
+# ``detail`` of uniform-noise videos where textures are random (calibrate_noise_floor): its Min there
+RANDOM_TEXTURE_DETAIL_MIN = 0.009
 
 _CORE_SATURATION = 0.5  # pixels this saturated are certainly object (all palette colours are)
 _MIN_ALPHA = 0.15  # coverage below this is treated as background noise
@@ -164,6 +166,65 @@ def _classify_texture(background: np.ndarray, visible: np.ndarray, cfg: WorldCon
     return best_name if best_corr >= _TEXTURE_CORRELATION else None
 
 
+_STEPS = ((1, 0), (0, 1), (1, -1), (1, 1))  # x, y and the two diagonals (image y grows downwards)
+_FLAT = 0.05  # mean change below this share of the texture's contrast: no texture at all
+_CONSTANT = 0.2  # a step along which the change is below this share of the largest: the texture is constant
+
+
+def _mean_change(image: np.ndarray, visible: np.ndarray, step: tuple[int, int]) -> float:
+    """Mean |I(p + step) - I(p)| over pairs of visible pixels."""
+    dx, dy = step
+    h, w = image.shape
+    ys, xs = slice(max(0, -dy), h - max(0, dy)), slice(max(0, -dx), w - max(0, dx))
+    ys2, xs2 = slice(max(0, dy), h - max(0, -dy)), slice(max(0, dx), w - max(0, -dx))
+    pairs = visible[ys, xs] * visible[ys2, xs2]
+    return float((np.abs(image[ys2, xs2] - image[ys, xs]) * pairs).sum() / max(pairs.sum(), 1.0))
+
+
+def _random_texture(background: np.ndarray, visible: np.ndarray, cfg: WorldConfig,
+                    prompt: Prompt | None) -> tuple[str | None, float]:
+    """Texture class and ``detail`` of a random-texture background, from statistics a viewer checks.
+
+    The class is the direction along which the background does not change (down a column: stripes;
+    along x + y: diagonal; none: checker cells). ``detail`` against the prompt's texture (else the
+    recovered one) is the product of sharpness (how far pixels sit from the mid level, as a share of
+    the texture's contrast: a blurred, averaged texture is gray), orientation (no change along the
+    named constant direction; equal change along x and y for cells) and density (changes per pixel
+    along x within half and twice a ``texture_cell``-wide random texture's). Rendered ground truth
+    scores 1 on each, up to its own randomness in density.
+    """
+    if visible.sum() < 16:
+        return None, 0.0
+    half_contrast = (cfg.texture_high - cfg.texture_low) / 2
+    change = {step: _mean_change(background, visible, step) for step in _STEPS}
+    largest = max(change.values())
+    texture = None
+    if largest >= _FLAT * half_contrast:
+        constant = [name for name, step in RANDOM_TEXTURE_CONSTANT_STEP.items()
+                    if step is not None and change[step] < _CONSTANT * largest]
+        if len(constant) == 1:
+            texture = constant[0]
+        elif not constant and min(change.values()) >= 2 * _CONSTANT * largest:
+            texture = "checker"
+    reference = prompt.texture if prompt is not None else texture
+    if reference is None:
+        return texture, 0.0
+    pixels = visible > 0
+    mid = (cfg.texture_high + cfg.texture_low) / 2
+    sharpness = float(np.minimum(np.abs(background[pixels] - mid), half_contrast).mean() / half_contrast)
+    step = RANDOM_TEXTURE_CONSTANT_STEP[reference]
+    if step is None:
+        across, along = sorted((change[(1, 0)], change[(0, 1)]))
+        orientation = min(1.0, across / along / 0.8) if along > 0 else 0.0
+    else:
+        orientation = max(0.0, 1.0 - change[step] / largest) if largest > 0 else 0.0
+    # a texture_cell-wide band or cell boundary every cell px, crossed with a change half the time
+    expected = 2 * half_contrast * 0.5 / cfg.texture_cell
+    ratio = change[(1, 0)] / expected
+    density = min(1.0, 2 * ratio, 2 / ratio) if ratio > 0 else 0.0
+    return texture, sharpness * orientation * density
+
+
 @functools.lru_cache(maxsize=64)
 def _reference_detail(texture: str, cfg: WorldConfig) -> float:
     """Laplacian energy of a rendered background of this texture (the sharpness target)."""
@@ -261,12 +322,15 @@ def analyze_video(video: np.ndarray, cfg: WorldConfig, prompt: Prompt | str | No
     weight = background_px.sum(axis=0).astype(np.float32)
     mean_bg = np.where(weight > 0, np.nansum(np.stack(bg_pairs), axis=0) / np.maximum(weight, 1), 0.0)
     visible = (weight > 0).astype(np.float32)
-    texture = _classify_texture(mean_bg, visible, cfg)
-    reference = prompt.texture if prompt is not None else texture
-    detail = 0.0
-    if reference is not None and visible.sum() >= 16:
-        ratio = _laplacian_energy(mean_bg, visible) / _reference_detail(reference, cfg)
-        detail = min(ratio, 1.0 / ratio) if ratio > 0 else 0.0  # blurred and noisy both fall short
+    if cfg.textures == "random":
+        texture, detail = _random_texture(mean_bg, visible, cfg, prompt)
+    else:
+        texture = _classify_texture(mean_bg, visible, cfg)
+        reference = prompt.texture if prompt is not None else texture
+        detail = 0.0
+        if reference is not None and visible.sum() >= 16:
+            ratio = _laplacian_energy(mean_bg, visible) / _reference_detail(reference, cfg)
+            detail = min(ratio, 1.0 / ratio) if ratio > 0 else 0.0  # blurred and noisy both fall short
 
     return VideoAnalysis(
         color=color,
@@ -297,13 +361,17 @@ def evaluate_video(video: np.ndarray, prompt: Prompt | str, cfg: WorldConfig) ->
     return row
 
 
-def normalise(dimension: str, raw: float) -> float:
+def normalise(dimension: str, raw: float, world: WorldConfig | None = None) -> float:
+    """``(raw - Min) / (Max - Min)`` clipped to [0, 1]; ``world`` picks the detail floor of its textures."""
     lo = NORMALISATION_MIN[dimension]
+    if dimension == "detail" and world is not None and world.textures == "random":
+        lo = RANDOM_TEXTURE_DETAIL_MIN
     return float(np.clip((raw - lo) / (NORMALISATION_MAX - lo), 0.0, 1.0))
 
 
-def aggregate_scores(rows: list[dict]) -> dict[str, float]:
-    """VBench-style Quality, Semantic and Total over a set of per-video rows."""
+def aggregate_scores(rows: list[dict], world: WorldConfig | None = None) -> dict[str, float]:
+    """VBench-style Quality, Semantic and Total over a set of per-video rows (of ``world``: its
+    textures decide the detail floor; None is the periodic world's)."""
     if not rows:
         raise ValueError("cannot score an empty set of videos")
     scores: dict[str, float] = {}
@@ -312,7 +380,7 @@ def aggregate_scores(rows: list[dict]) -> dict[str, float]:
         for dim, weight in dims.items():
             raw = float(np.mean([r[dim] for r in rows]))
             scores[dim] = raw
-            weighted += weight * normalise(dim, raw)
+            weighted += weight * normalise(dim, raw, world)
         scores[group] = weighted / sum(dims.values())
     scores["total"] = (4 * scores["quality"] + scores["semantic"]) / 5
     return scores

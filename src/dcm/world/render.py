@@ -2,9 +2,19 @@
 
 Videos are float arrays shaped ``(T, H, W, 3)`` with values in ``[0, 1]``. A saturated,
 anti-aliased shape moves at constant velocity over a static grayscale texture with fine,
-high-frequency detail. The seed fixes the start position, the speed and the texture phase,
-so the same ``(prompt, seed)`` always renders the
-same video, and the evaluator can compare anything against rendered ground truth.
+high-frequency detail. The seed fixes the start position, the speed and the texture, so the
+same ``(prompt, seed)`` always renders the same video, and the evaluator can compare anything
+against rendered ground truth.
+
+Two kinds of texture (``WorldConfig.textures``):
+
+- ``periodic`` (the first world): the prompt fixes a periodic pattern and the seed only its
+  phase, one of ``texture_period**2`` possibilities. Any student renders it sharply.
+- ``random``: the prompt fixes the texture's *statistics* (vertical bands, diagonal bands or
+  square cells, each ``texture_cell`` px wide and dark or light at random) and the seed draws
+  every band or cell, ``2**16`` realisations or more. Fine detail is then decided only at low
+  noise, and a model that averages over realisations renders a blurred gray: the failure of
+  few-step sampling that the paper's detail expert addresses (Sec. 3.2).
 """
 
 from __future__ import annotations
@@ -28,6 +38,8 @@ class WorldConfig:
     speed_min: float = 1.0
     speed_max: float = 2.0
     texture_period: int = 4
+    textures: str = "periodic"  # periodic | random (see the module docstring)
+    texture_cell: int = 2  # random textures: width of a band or cell, px
     edge_start: float | None = None  # None: start anywhere the whole path fits; else within this many px of
     #                                  the edge the object moves away from (anywhere along the other axis)
     texture_low: float = 0.30
@@ -62,6 +74,7 @@ class Layout:
     start: tuple[float, float]
     velocity: tuple[float, float]
     phase: tuple[int, int]
+    texture_seed: int  # random textures: draws every band or cell (a stream apart from the layout's)
 
 
 def draw_layout(prompt: Prompt, seed: int, cfg: WorldConfig) -> Layout:
@@ -85,11 +98,15 @@ def draw_layout(prompt: Prompt, seed: int, cfg: WorldConfig) -> Layout:
         start=(start[0], start[1]),
         velocity=(dx * speed, dy * speed),
         phase=phase,
+        texture_seed=seed,
     )
 
 
-def render_texture(texture: str, phase: tuple[int, int], cfg: WorldConfig) -> np.ndarray:
-    """A static grayscale background, ``(H, W)`` in ``[0, 1]``."""
+def render_texture(texture: str, phase: tuple[int, int], cfg: WorldConfig, texture_seed: int = 0) -> np.ndarray:
+    """A static grayscale background, ``(H, W)`` in ``[0, 1]``: periodic at ``phase``, or random
+    realisation ``texture_seed`` (``cfg.textures``)."""
+    if cfg.textures == "random":
+        return render_random_texture(texture, texture_seed, cfg)
     n = cfg.size
     half = cfg.texture_period // 2
     y, x = np.mgrid[0:n, 0:n]
@@ -100,6 +117,31 @@ def render_texture(texture: str, phase: tuple[int, int], cfg: WorldConfig) -> np
     elif texture == "diagonal":
         bit = ((x + y + phase[0]) // half) % 2
     else:  # grammar validation happens in Prompt; this guards direct callers
+        raise ValueError(f"unknown texture {texture!r}")
+    return (cfg.texture_low + (cfg.texture_high - cfg.texture_low) * bit).astype(np.float32)
+
+
+# Of each random texture: the pixel step along which it stays constant (None: none does).
+RANDOM_TEXTURE_CONSTANT_STEP: dict[str, tuple[int, int] | None] = {
+    "stripes": (0, 1),  # vertical bands: constant down a column
+    "diagonal": (1, -1),  # bands of constant x + y
+    "checker": None,  # square cells, each dark or light at random
+}
+
+
+def render_random_texture(texture: str, texture_seed: int, cfg: WorldConfig) -> np.ndarray:
+    """A random realisation of ``texture``: bands or cells ``cfg.texture_cell`` px wide, each dark or
+    light with probability 1/2, drawn from ``texture_seed`` alone."""
+    n, cell = cfg.size, cfg.texture_cell
+    rng = np.random.default_rng([texture_seed, 0x7E27])  # apart from draw_layout's stream
+    y, x = np.mgrid[0:n, 0:n]
+    if texture == "stripes":
+        bit = rng.integers(0, 2, n // cell + 1)[x // cell]
+    elif texture == "diagonal":
+        bit = rng.integers(0, 2, 2 * n // cell + 1)[(x + y) // cell]
+    elif texture == "checker":
+        bit = rng.integers(0, 2, (n // cell + 1, n // cell + 1))[y // cell, x // cell]
+    else:
         raise ValueError(f"unknown texture {texture!r}")
     return (cfg.texture_low + (cfg.texture_high - cfg.texture_low) * bit).astype(np.float32)
 
@@ -133,7 +175,7 @@ def render_video(prompt: Prompt | str, seed: int, cfg: WorldConfig = WorldConfig
     cx = layout.start[0] + layout.velocity[0] * t
     cy = layout.start[1] + layout.velocity[1] * t
     alpha = shape_coverage(prompt.shape, cx, cy, cfg)[..., None]
-    background = render_texture(prompt.texture, layout.phase, cfg)
+    background = render_texture(prompt.texture, layout.phase, cfg, layout.texture_seed)
     background = np.broadcast_to(background[None, :, :, None], alpha.shape[:3] + (3,))
     color = np.asarray(COLORS[prompt.color], np.float32)
     return (alpha * color + (1 - alpha) * background).astype(np.float32)
