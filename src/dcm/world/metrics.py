@@ -361,11 +361,16 @@ def evaluate_video(video: np.ndarray, prompt: Prompt | str, cfg: WorldConfig) ->
     return row
 
 
-def normalise(dimension: str, raw: float, world: WorldConfig | None = None) -> float:
-    """``(raw - Min) / (Max - Min)`` clipped to [0, 1]; ``world`` picks the detail floor of its textures."""
-    lo = NORMALISATION_MIN[dimension]
+def normalisation_min(dimension: str, world: WorldConfig | None = None) -> float:
+    """``Min`` of a dimension; ``world`` picks the detail floor of its textures (None: periodic)."""
     if dimension == "detail" and world is not None and world.textures == "random":
-        lo = RANDOM_TEXTURE_DETAIL_MIN
+        return RANDOM_TEXTURE_DETAIL_MIN
+    return NORMALISATION_MIN[dimension]
+
+
+def normalise(dimension: str, raw: float, world: WorldConfig | None = None) -> float:
+    """``(raw - Min) / (Max - Min)`` clipped to [0, 1]."""
+    lo = normalisation_min(dimension, world)
     return float(np.clip((raw - lo) / (NORMALISATION_MAX - lo), 0.0, 1.0))
 
 
