@@ -35,7 +35,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 class UICheckError(AssertionError):
-    """The UI did not show what the README tells users they will see."""
+    """The UI did not show what docs/experiments-and-mlflow.md tells users they will see."""
 
 
 def chromium() -> str | None:

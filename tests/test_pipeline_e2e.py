@@ -241,13 +241,14 @@ def test_a_queued_grid_with_two_jobs_lands_in_a_tracking_server(grid):
 
 
 def test_the_mlflow_ui_shows_the_grid_and_compares_its_runs(grid):
-    """In headless Chromium: the experiment opens on its runs table (not MLflow's GenAI overview),
-    the runs are named after the DVC experiments, and their compare view lists boundary and
-    dcm_4/total (scripts/mlflow_ui_check.py; the README's screenshot comes from the same script)."""
+    """In headless Chromium: the experiment's runs page (the URL docs/experiments-and-mlflow.md gives)
+    shows the runs table, the runs are named after the DVC experiments, and their compare view lists
+    boundary and dcm_4/total (scripts/mlflow_ui_check.py; the screenshot in the same document comes
+    from the same script)."""
     from mlflow_ui_check import check_ui, chromium
 
     if chromium() is None:
-        pytest.skip("no chromium on PATH: install Debian's chromium package (the README's test set-up does)")
+        pytest.skip("no chromium on PATH: install Debian's chromium package (`scripts/bootstrap.py test` does)")
     url, _, _, _ = grid
     pages = check_ui(url, "dcm", ["t-boundary-3", "t-boundary-5"])
     assert "Training runs" in pages["runs_page"]  # the runs table, not the GenAI overview

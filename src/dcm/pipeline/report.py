@@ -49,7 +49,7 @@ def analysis_figures(params: Params, layout: Layout) -> list[str]:
                   "expert with the semantic expert before it; the semantic expert with the teacher after it). "
                   f"Last: {last}. Each stage's steps and learning rate were chosen where its validation "
                   "score stops improving, in longer runs that go past that step "
-                  "(`reports/student_study.md`, `benchmarks/student_study.py`).", "",
+                  "(`reports/studies/student_study.md`, `research/student_study.py`).", "",
                   f"![validation curves]({rel}/validation_curves.png)", ""]
 
     shape = json.loads((layout.trajectories / TRAJECTORY_MANIFEST).read_text())["spec"]["shape"]

@@ -7,12 +7,12 @@ shared set of teacher trajectories, and records the student's 4-step validation 
 ``distill.validate_every`` check on the *validation* split, never the held-out one). A detail run
 trains on top of a finished semantic run (``--semantic``), as the pipeline does. Runs checkpoint and
 resume, so a killed run is rerun with the same command. ``report`` gathers every finished run into
-``reports/student_study.md`` and ``.png``.
+``reports/studies/student_study.md`` and ``.png``.
 
-    python benchmarks/student_study.py trajectories --videos 256
-    python benchmarks/student_study.py run lcm-lr3e-5 lcm --set lcm.lr=3e-5 --set lcm.steps=1000
-    python benchmarks/student_study.py run detail-lr1e-4 detail --semantic semantic-lr1e-4 --set detail.steps=600
-    python benchmarks/student_study.py report
+    python research/student_study.py trajectories --videos 256
+    python research/student_study.py run lcm-lr3e-5 lcm --set lcm.lr=3e-5 --set lcm.steps=1000
+    python research/student_study.py run detail-lr1e-4 detail --semantic semantic-lr1e-4 --set detail.steps=600
+    python research/student_study.py report
 
 Two single-threaded runs side by side give a fair comparison on a 2-core machine.
 """
@@ -33,8 +33,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY_DIR = ROOT / "artifacts" / "student_study"
-CURVES_DIR = ROOT / "reports" / "student_study"
-REPORT = ROOT / "reports" / "student_study.md"
+CURVES_DIR = ROOT / "reports" / "studies" / "student_study"
+REPORT = ROOT / "reports" / "studies" / "student_study.md"
 STAGES = ("semantic", "detail", "lcm", "pcm")
 # every run of the study: validation every 50 steps on 32 videos (the pipeline's default check is smaller)
 STUDY_SETTINGS = {"distill": {"validate_every": 50, "validate_videos": 32, "checkpoint_every": 100},
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> None:
     root = STUDY_DIR / args.name
     link(ROOT / "artifacts" / "teacher", root / "artifacts" / "teacher")
     if not (trajectories_dir(args.videos) / "manifest.json").exists():
-        raise SystemExit(f"run `python benchmarks/student_study.py trajectories --videos {args.videos}` first")
+        raise SystemExit(f"run `python research/student_study.py trajectories --videos {args.videos}` first")
     link(trajectories_dir(args.videos), root / "artifacts" / "trajectories")
     if args.semantic:
         link(STUDY_DIR / args.semantic / "artifacts" / "semantic", root / "artifacts" / "semantic")
@@ -156,7 +156,7 @@ def loss_terms(run_id: str) -> dict[str, float]:
 
 
 def command(name: str, spec: dict) -> str:
-    parts = ["python benchmarks/student_study.py run", name, spec["stage"]]
+    parts = ["python research/student_study.py run", name, spec["stage"]]
     if spec["semantic"]:
         parts += ["--semantic", spec["semantic"]]
     if spec["videos"] != 64:
@@ -266,7 +266,8 @@ def main(argv: list[str]) -> None:
     r.add_argument("--semantic", help="detail runs: the semantic run to build on")
     r.add_argument("--threads", type=int, default=1)
     r.set_defaults(func=run)
-    sub.add_parser("report", help="write reports/student_study.md from the finished runs").set_defaults(func=report)
+    sub.add_parser("report", help=f"write {REPORT.relative_to(ROOT)} from the finished runs").set_defaults(
+        func=report)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -8,7 +8,7 @@ row is scored by the toy evaluator. Where the few-step rows already match the fu
 distilled student cannot show anything; the grid chosen for the pipeline is the one where they do
 not. Nothing here reads the held-out split.
 
-    python benchmarks/few_step_control.py --shifts 3,8,17 --videos 64
+    python research/few_step_control.py --shifts 3,8,17 --videos 64
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-REPORT = ROOT / "reports" / "few_step_control.md"
+REPORT = ROOT / "reports" / "studies" / "few_step_control.md"
 COLUMNS = ("total", "quality", "semantic", "subject_consistency", "background_consistency", "temporal_flickering",
            "motion_smoothness", "detail", "object_class", "motion_direction")
 
@@ -78,7 +78,7 @@ def main(argv: list[str]) -> None:
              f"{args.videos} *validation* videos, scored by the toy evaluator; `uniform@k`: k steps spread over "
              f"the {params.flow.steps}-step grid (LCM's and PCM's schedule), `dcm-split@k`: k/2 steps on each "
              f"side of boundary {args.boundary if args.boundary is not None else params.boundary} (DCM's).",
-             "Reproduce: `python benchmarks/few_step_control.py "
+             "Reproduce: `python research/few_step_control.py "
              f"--shifts {args.shifts} --videos {args.videos}`.", "",
              frame.to_markdown(index=False, floatfmt=".3f"), ""]
     atomic_write_text(REPORT, "\n".join(lines) + "\n")

@@ -2,7 +2,7 @@
 each revision on that revision's committed teacher, one thread, reduced sizes, and compare the
 two `reports/metrics.json` key by key (wall-clock figures are listed apart).
 
-    python benchmarks/same_reports.py 06efefd 8771b6b      # about 10 min on 2 cores
+    python research/same_reports.py 06efefd 8771b6b      # about 10 min on 2 cores
 
 Each revision runs in its own folder under --workdir (its own `src/` first on the path, its own
 MLflow store); a rerun resumes after the last finished stage.

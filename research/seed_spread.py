@@ -4,7 +4,7 @@ Trains the detail expert once per (ablation.gf, distill.seed) on the committed s
 under /tmp/dcm-seed-spread/ (not the stage folders), and scores DCM with the toy evaluator on
 held-out videos, in memory. Prints one JSON line per run, then the mean and range per setting.
 
-    python benchmarks/seed_spread.py [--seeds 0 1 2] [--gf on off] [--videos 32] [--steps 4 8]
+    python research/seed_spread.py [--seeds 0 1 2] [--gf on off] [--videos 32] [--steps 4 8]
 
 Needs `dvc repro semantic` first; about 2.5 min per run on 2 CPU cores.
 """

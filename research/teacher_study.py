@@ -6,11 +6,11 @@ it is trained by the same code
 as the ``teacher`` stage (``dcm.teacher.train_teacher``), and checked every ``--eval-every`` steps
 on the *validation* split: 20-step CFG samples scored per attribute by the toy evaluator, and
 the prompt-swap probe. Runs checkpoint and resume, so a killed run is rerun with the same
-command. ``report`` gathers every finished curve into ``reports/teacher_recipe.md``.
+command. ``report`` gathers every finished curve into ``reports/studies/teacher_recipe.md``.
 
-    python benchmarks/teacher_study.py run coords_x0 --steps 3000 --threads 1
-    python benchmarks/teacher_study.py guidance x0_pure25_big_shift1 --scales 1,2,3,4.5,6
-    python benchmarks/teacher_study.py report
+    python research/teacher_study.py run coords_x0 --steps 3000 --threads 1
+    python research/teacher_study.py guidance x0_pure25_big_shift1 --scales 1,2,3,4.5,6
+    python research/teacher_study.py report
 
 Two single-threaded runs side by side give a fair comparison on a 2-core machine.
 """
@@ -29,8 +29,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY_DIR = ROOT / "artifacts" / "teacher_study"
-CURVES_DIR = ROOT / "reports" / "teacher_recipe"
-REPORT = ROOT / "reports" / "teacher_recipe.md"
+CURVES_DIR = ROOT / "reports" / "studies" / "teacher_recipe"
+REPORT = ROOT / "reports" / "studies" / "teacher_recipe.md"
 
 # the recipe before the study: every candidate starts from it
 STUDY_BASE = {
@@ -204,12 +204,12 @@ def report(_: argparse.Namespace) -> None:
         what, overrides = CANDIDATES[name]
         flat = yaml.safe_dump(overrides, default_flow_style=True, width=1000).strip()
         lines += [f"## `{name}`: {what}", "",
-                  f"`python benchmarks/teacher_study.py run {name} --steps {STUDY_STEPS.get(name, 3000)}` (overrides: `{flat}`)", "",
+                  f"`python research/teacher_study.py run {name} --steps {STUDY_STEPS.get(name, 3000)}` (overrides: `{flat}`)", "",
                   frame.to_markdown(index=False, floatfmt=".3f"), ""]
     for path in sorted(CURVES_DIR.glob("guidance_*.csv")):
         name = path.stem.removeprefix("guidance_")
         lines += [f"## Guidance scale of `{name}`, chosen on the validation split", "",
-                  f"`python benchmarks/teacher_study.py guidance {name}`: 50-step samples of the same validation "
+                  f"`python research/teacher_study.py guidance {name}`: 50-step samples of the same validation "
                   "videos at each scale; the best mean accuracy wins.", "",
                   pd.read_csv(path).to_markdown(index=False, floatfmt=".3f"), ""]
     atomic_write_text(REPORT, "\n".join(lines) + "\n")
@@ -234,7 +234,8 @@ def main(argv: list[str]) -> None:
     g.add_argument("--eval-videos", type=int, default=48)
     g.add_argument("--threads", type=int, default=1)
     g.set_defaults(func=guidance)
-    sub.add_parser("report", help="write reports/teacher_recipe.md from the finished curves").set_defaults(func=report)
+    sub.add_parser("report", help=f"write {REPORT.relative_to(ROOT)} from the finished curves").set_defaults(
+        func=report)
     args = parser.parse_args(argv)
     args.func(args)
 
