@@ -9,7 +9,10 @@ measures of this script's own that do not use the evaluator:
 * ``hf_ratio``: high-frequency (Laplacian) energy of the time-averaged background, away from the
   object, as a share of the ground-truth render's on the same pixels (1: as sharp; below: blur);
 * ``jitter_px``: RMS distance (px) of the object's per-frame centroid from the least-squares
-  constant-velocity path (ground truth: about 0.08 px).
+  constant-velocity path (ground truth: about 0.02 px);
+* ``alternation_px``: mean step between frames 1-2, 3-4, ... minus that between frames 0-1, 2-3, ...
+  (px): a transformer whose tokens each carry two frames draws the pair too close together and
+  jumps between tokens (ground truth: 0).
 
     python research/world_study.py run v2_p144 --steps 1500 --threads 1
     python research/world_study.py few-step v2_p144            # or `committed`: artifacts/teacher/model
@@ -98,17 +101,33 @@ def hf_ratio(video: np.ndarray, truth: np.ndarray) -> float:
     return energy(video) / max(energy(truth), 1e-12)
 
 
-def jitter_px(video: np.ndarray) -> float:
-    """RMS distance of the saturation-weighted centroid from its least-squares straight path."""
+def centroids(video: np.ndarray) -> np.ndarray | None:
+    """Saturation-weighted centroid ``(T, 2)`` of the object in each frame (None if a frame lacks it)."""
     weight = np.clip(video.max(-1) - video.min(-1) - 0.2, 0, None)
     mass = weight.sum(axis=(1, 2))
     if (mass <= 0).any():
-        return float("nan")
+        return None
     ys, xs = np.mgrid[0 : video.shape[1], 0 : video.shape[2]]
-    cx, cy = (weight * xs).sum(axis=(1, 2)) / mass, (weight * ys).sum(axis=(1, 2)) / mass
-    t = np.arange(len(cx))
-    residual = [c - np.polyval(np.polyfit(t, c, 1), t) for c in (cx, cy)]
-    return float(np.sqrt(np.mean(residual[0] ** 2 + residual[1] ** 2)))
+    return np.stack([(weight * xs).sum(axis=(1, 2)) / mass, (weight * ys).sum(axis=(1, 2)) / mass], axis=1)
+
+
+def jitter_px(video: np.ndarray) -> float:
+    """RMS distance of the centroid from its least-squares straight path."""
+    c = centroids(video)
+    if c is None:
+        return float("nan")
+    t = np.arange(len(c))
+    residual = np.stack([c[:, i] - np.polyval(np.polyfit(t, c[:, i], 1), t) for i in range(2)], axis=1)
+    return float(np.sqrt((residual**2).sum(1).mean()))
+
+
+def alternation_px(video: np.ndarray) -> float:
+    """Mean step between odd-even frame pairs minus mean step between even-odd pairs."""
+    c = centroids(video)
+    if c is None:
+        return float("nan")
+    steps = np.linalg.norm(np.diff(c, axis=0), axis=1)
+    return float(steps[1::2].mean() - steps[0::2].mean())
 
 
 def few_step(args: argparse.Namespace) -> None:
@@ -138,6 +157,7 @@ def few_step(args: argparse.Namespace) -> None:
                      "motion_direction": scores["motion_direction"], "scene": scores["scene"],
                      "hf_ratio": float(np.nanmean([hf_ratio(v, t) for v, t in zip(videos, truths, strict=True)])),
                      "jitter_px": float(np.nanmean([jitter_px(v) for v in videos])),
+                     "alternation_px": float(np.nanmean([alternation_px(v) for v in videos])),
                      "seconds": round(time.perf_counter() - tick, 1)})
         print(", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()), flush=True)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
@@ -153,7 +173,7 @@ def report(_: argparse.Namespace) -> None:
              "Each candidate's short teacher (the `teacher` stage's code, `params.yaml` plus the overrides, one",
              "thread) sampled with its own Euler steps on 64 *validation* videos (guidance as `teacher_eval`);",
              "`truth` is the ground-truth render scored the same way. `hf_ratio` and `jitter_px` are this",
-             "study's own measures (see `research/world_study.py`).", ""]
+             "study's own measures, `alternation_px` too (see `research/world_study.py`).", ""]
     for path in sorted(OUT_DIR.glob("few_step_*.csv")):
         name = path.stem.removeprefix("few_step_")
         what, overrides = CANDIDATES.get(name, ("the committed teacher (params.yaml)", {}))
