@@ -64,6 +64,25 @@ def test_missing_file_and_non_mapping_are_clear(tmp_path):
         load_params(bad)
 
 
+@pytest.mark.parametrize("text, key, lines", [
+    ("boundary: 3\nboundary: 2\n", "'boundary'", "line 2 is already given at line 1"),
+    ("teacher:\n  lr: 0.1\n  steps: 5\n  lr: 0.2\n", "'lr'", "line 4 is already given at line 2"),
+    ("model:\n  tiny:\n    num_layers: 2\n    num_layers: 3\n", "'num_layers'", "line 4 is already given at line 3"),
+])
+def test_a_key_given_twice_names_the_key_and_both_lines(tmp_path, text, key, lines):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert str(err.value) == f"{path}: key {key} at {lines}; keep one of them (otherwise the last would silently win)"
+
+
+def test_a_key_merged_in_with_yaml_merge_may_be_overridden(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("teacher:\n  <<: {lr: 0.1, steps: 5}\n  lr: 0.2\n")
+    assert load_params(path).teacher.lr == 0.2
+
+
 def test_flat_params_use_dotted_keys():
     flat = Params().flat()
     assert flat["teacher.lr"] == Params().teacher.lr

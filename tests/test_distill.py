@@ -17,6 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from dcm.distill.trainer import StudentPlan
+from dcm.io import load_checkpoint
 from dcm.launch import LAUNCHED_MARKERS
 from dcm.layout import CHECKPOINT
 from dcm.pipeline.distill import run_distill
@@ -144,7 +145,7 @@ def test_kill_9_then_rerun_ends_with_the_same_weights(workspace, micro_distill):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
-    killed_at = torch.load(ckpt, weights_only=False)["step"]
+    killed_at = load_checkpoint(ckpt)["step"]
     assert 0 < killed_at < 40
     assert not (ART / "semantic" / "model").exists()
 
@@ -171,7 +172,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(workspace, mic
     monkeypatch.setattr(objective, "pseudo_huber", poisoned)
     with pytest.raises(FloatingPointError, match="step 3"):
         run_distill(params, "semantic")
-    ckpt = torch.load(ART / "semantic" / CHECKPOINT, weights_only=False)
+    ckpt = load_checkpoint(ART / "semantic" / CHECKPOINT)
     assert ckpt["step"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["student"].values())
 
@@ -219,8 +220,8 @@ def test_fsdp_trains_what_data_parallelism_trains_and_resumes_from_its_shards(wo
     _write_params(micro_distill)
     for mode in ("ddp", "fsdp"):
         _torchrun_harness("semantic", mode, keep_as=f"semantic_{mode}")
-    assert {p.name for p in (ART / "semantic_fsdp").glob("optimizer-rank*.pt")} == {"optimizer-rank0.pt",
-                                                                                    "optimizer-rank1.pt"}
+    assert {p.name for p in (ART / "semantic_fsdp").glob("optimizer-rank*")} == {"optimizer-rank0.safetensors",
+                                                                                 "optimizer-rank1.safetensors"}
     ddp, fsdp = (load_file(str(ART / f"semantic_{m}" / "model" / "diffusion_pytorch_model.safetensors"))
                  for m in ("ddp", "fsdp"))
     assert ddp.keys() == fsdp.keys()
@@ -231,7 +232,7 @@ def test_fsdp_trains_what_data_parallelism_trains_and_resumes_from_its_shards(wo
     _torchrun_harness("detail", "ddp", keep_as="detail_ddp")
     _write_params(with_overrides(micro_distill, {"detail": {"steps": 2}}))
     _torchrun_harness("detail", "fsdp")  # stops at its step-2 checkpoint
-    assert (ART / "detail" / "optimizer-rank1.pt").exists()
+    assert (ART / "detail" / "optimizer-rank1.safetensors").exists()
     _write_params(micro_distill)
     _torchrun_harness("detail", "fsdp", keep_as="detail_fsdp")  # continues from the shards to step 3
     ddp, fsdp = (load_file(str(ART / f"detail_{m}" / "detail.safetensors")) for m in ("ddp", "fsdp"))

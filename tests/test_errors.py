@@ -6,11 +6,15 @@ is wrong (the file or key, the value) and what to do, and that no file appeared 
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +27,7 @@ from dcm.cli import app
 from dcm.config import parse_params
 from dcm.layout import Layout
 from dcm.students import StudentRecord, learned_values
+from dcm.tracking import TrackingServerError, check_tracking_server
 
 from conftest import MICRO, MICRO_DISTILL
 
@@ -63,6 +68,16 @@ class Case:
     message: list[str]  # substrings the one-line error contains
     params: dict | str = field(default_factory=dict)  # overrides of the micro params, or the file's raw text
     setup: Callable[[Path, Path], None] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+TOY_AND_OTHER_PROMPTS = "a red circle moving left on a stripes background\n\nhello world\n"
+
+
+def _prompt_file(root: Path, micro_teacher: Path) -> None:
+    """A teacher and ``prompts.txt`` whose third line is outside the toy grammar."""
+    _teacher(root, micro_teacher)
+    (root / "prompts.txt").write_text(TOY_AND_OTHER_PROMPTS)
 
 
 CASES = [
@@ -81,6 +96,10 @@ CASES = [
     Case("real backbone without a path", ["teacher"], ["model.backbone = 'wan' needs model.path"],
          {"model": {"backbone": "wan"}}),
     Case("no such params file", ["params", "-p", "nope.yaml"], ["parameter file nope.yaml does not exist"]),
+    Case("key given twice", ["params"], ["params.yaml: key 'boundary' at line 3 is already given at line 1",
+                                         "keep one of them"], params="boundary: 2\nflow: {steps: 4}\nboundary: 3\n"),
+    Case("nested key given twice", ["teacher"], ["params.yaml: key 'lr' at line 4 is already given at line 2"],
+         params="teacher:\n  lr: 0.1\n  steps: 5\n  lr: 0.2\n"),
     Case("launch config that does not exist", ["semantic"], ["launch.config_file = 'no.yaml': no such file"],
          {"launch": {"num_processes": 2, "config_file": "no.yaml"}}),
     # ---- paths and prompts ---------------------------------------------------------------------
@@ -99,6 +118,20 @@ CASES = [
          {"trajectories": {"prompt_file": "vbench:sharpness"}}, setup=_teacher),
     Case("prompt outside the toy grammar", ["render", "a purple circle moving left on a stripes background"],
          ["unknown color 'purple'", "allowed colors: red, green, blue, yellow"]),
+    Case("trajectory prompt file outside the toy grammar", ["trajectories"],
+         ["prompt file prompts.txt, line 3: prompt 'hello world' does not follow the toy grammar",
+          "template: 'a {color} {shape} moving {direction} on a {texture} background'", "model.backbone = 'tiny'"],
+         {"trajectories": {"prompt_file": "prompts.txt"}}, setup=_prompt_file),
+    Case("sample prompt file outside the toy grammar", ["sample"],
+         ["prompt file prompts.txt, line 3: prompt 'hello world' does not follow the toy grammar"],
+         {"sample": {"prompt_file": "prompts.txt"}}, setup=_prompt_file),
+    Case("VBench's prompts on the tiny backbone", ["sample"],
+         ["prompt source 'vbench', prompt 1:", "does not follow the toy grammar"],
+         {"sample": {"prompt_file": "vbench"}}, setup=_teacher),
+    # ---- the tracking server ------------------------------------------------------------------
+    Case("tracking server that does not answer", ["boundary"],
+         ["MLFLOW_TRACKING_URI = http://127.0.0.1:9: no MLflow server answers there", "Connection refused",
+          "unset it to track into mlflow.db"], setup=_manifest, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}),
     # ---- stages run out of order ---------------------------------------------------------------
     Case("trajectories before the teacher", ["trajectories"], ["backbone.json is missing", "dvc repro teacher"]),
     Case("teacher_eval before the teacher", ["teacher-eval"], ["backbone.json is missing"]),
@@ -138,6 +171,8 @@ def _snapshot(root: Path) -> dict[str, int]:
 def test_bad_input_is_one_clear_line_and_writes_nothing(case, tmp_path, monkeypatch, micro_teacher):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for name, value in case.env.items():
+        monkeypatch.setenv(name, value)
     if isinstance(case.params, str):
         (tmp_path / "params.yaml").write_text(case.params)
     else:
@@ -170,3 +205,22 @@ def test_the_real_command_and_a_stage_script_print_no_traceback_unless_verbose(t
                              timeout=300)
     assert verbose.returncode != 0 and "Traceback" in verbose.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_a_tracking_server_gets_seconds_to_answer_and_a_local_store_no_check(monkeypatch):
+    from dcm import tracking
+
+    monkeypatch.setattr(tracking, "SERVER_CHECK_TIMEOUT_S", 0.5)
+    with socket.socket() as silent:  # takes connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        tick = time.perf_counter()
+        with pytest.raises(TrackingServerError, match="no MLflow server answers there .*timed out"):
+            check_tracking_server(f"http://127.0.0.1:{silent.getsockname()[1]}")
+        assert time.perf_counter() - tick < 5
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # answers 501 to GET
+    with server:
+        threading.Thread(target=server.handle_request, daemon=True).start()
+        check_tracking_server(f"http://127.0.0.1:{server.server_port}")  # any answer will do
+    for local in ("sqlite:////no/such/mlflow.db", "/no/such/mlruns", "file:///no/such/mlruns"):
+        check_tracking_server(local)

@@ -62,7 +62,7 @@ def repo(tmp_path_factory):
 def test_repro_writes_the_teacher_and_its_report(repo):
     repo, _, _ = repo
     assert (repo / "artifacts/teacher/model/transformer/config.json").exists()
-    assert (repo / "artifacts/teacher/checkpoint.pt").exists()
+    assert (repo / "artifacts/teacher/checkpoint.safetensors").exists()
     records = read_manifest(repo / "reports/teacher/samples")
     assert len(records) == 3
     assert {r["method"] for r in records} == {"teacher"} and {r["steps"] for r in records} == {8}

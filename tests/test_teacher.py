@@ -1,5 +1,7 @@
 """Teacher training: checkpoints, exact resume, NaN guard, loadable model."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -7,6 +9,7 @@ from dcm.teacher import training as teacher_mod
 from dcm.models import load_backbone
 from dcm.models.tiny import build_tiny_backbone
 from dcm.data.splits import HELDOUT_SEED_BASE, TRAIN_SEED_END, VALIDATION_SEED_BASE, toy_items
+from dcm.io import CheckpointError, load_checkpoint
 from dcm.layout import CHECKPOINT
 from dcm.teacher.probes import ACCURACY_KEYS, denoising_accuracy
 from dcm.teacher.training import train_teacher
@@ -36,7 +39,7 @@ def test_resume_after_a_crash_ends_with_the_same_weights(tmp_path, micro_params,
     with pytest.raises(KeyboardInterrupt):
         train_teacher(micro_params, tmp_path / "resumed")
     assert (tmp_path / "resumed" / CHECKPOINT).exists()  # written at step 3
-    assert torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=False)["state"]["step"] == 3
+    assert load_checkpoint(tmp_path / "resumed" / CHECKPOINT)["state"]["step"] == 3
     monkeypatch.setattr(teacher_mod, "training_batch", real_batch)
     train_teacher(micro_params, tmp_path / "resumed")
 
@@ -55,9 +58,43 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path, micro_params, monkey
     monkeypatch.setattr(teacher_mod, "training_batch", poisoned)
     with pytest.raises(FloatingPointError, match="step 4"):
         train_teacher(micro_params, tmp_path / "t")
-    ckpt = torch.load(tmp_path / "t" / CHECKPOINT, weights_only=False)
+    ckpt = load_checkpoint(tmp_path / "t" / CHECKPOINT)
     assert ckpt["state"]["step"] == 3
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+class _RunsCode:
+    """Unpickling this touches ``marker``: what a checkpoint from a shared remote or a clone could do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def test_a_checkpoint_is_never_unpickled(tmp_path, micro_params):
+    marker = tmp_path / "code ran"
+    (tmp_path / "t").mkdir()
+    torch.save({"state": {"step": 1}, "payload": _RunsCode(marker)}, tmp_path / "t" / CHECKPOINT)
+    with pytest.raises(CheckpointError, match="is not a safetensors checkpoint"):
+        train_teacher(micro_params, tmp_path / "t")
+    assert not marker.exists()
+
+
+def test_an_old_pickle_checkpoint_stops_the_run_with_how_to_convert_it_and_converted_it_resumes(
+        tmp_path, micro_params, steps_taken):
+    train_teacher(micro_params, tmp_path / "t")
+    state = load_checkpoint(tmp_path / "t" / CHECKPOINT)
+    torch.save(state, tmp_path / "t" / "checkpoint.pt")  # as dcm wrote it before
+    (tmp_path / "t" / CHECKPOINT).unlink()
+    steps_taken.clear()
+    with pytest.raises(CheckpointError, match="checkpoint.pt is a checkpoint in the old pickle format") as refused:
+        train_teacher(micro_params, tmp_path / "t")
+    assert steps_taken == []  # not retrained from scratch
+    exec(str(refused.value).split('python -c "')[1].split('"')[0])
+    train_teacher(micro_params, tmp_path / "t")
+    assert steps_taken == []  # the finished run is seen as finished
 
 
 def test_heldout_and_validation_seeds_are_never_training_seeds_nor_each_other():

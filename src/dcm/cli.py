@@ -64,7 +64,7 @@ def params(path: Path = ParamsOption) -> None:
 def teacher(path: Path = ParamsOption) -> None:
     """Train the tiny teacher by flow matching on the toy world (resumes from its checkpoint).
 
-    Writes artifacts/teacher/checkpoint.pt every `teacher.checkpoint_every` steps and the EMA
+    Writes artifacts/teacher/checkpoint.safetensors every `teacher.checkpoint_every` steps and the EMA
     model to artifacts/teacher/model/. Kill it at any time; rerunning continues. With a real
     backbone (model.backbone: wan | cogvideox | hunyuanvideo) nothing is trained: model.path is
     checked and artifacts/teacher/model/backbone.json points at it.

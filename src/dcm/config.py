@@ -454,6 +454,28 @@ def parse_params(data: dict[str, Any] | None, source: str = "params") -> Params:
         raise ParamsError(_format_error(err, source)) from None
 
 
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    """A key given twice in one mapping of a YAML file."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping, at any depth, is an error:
+    PyYAML keeps the last one silently, so an edit to the first would change nothing."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # keys merged in with `<<` may be overridden
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in lines:
+                raise _DuplicateKey(None, None, f"key {key!r} at line {line} is already given at line {lines[key]}",
+                                    key_node.start_mark)
+            lines[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate ``params.yaml``."""
     path = Path(path)
@@ -461,7 +483,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ParamsError(f"parameter file {path} does not exist (run from the repository root, or pass "
                           "--params FILE)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except _DuplicateKey as err:
+        raise ParamsError(f"{path}: {err.problem}; keep one of them (otherwise the last would silently win)") from None
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""

@@ -1,7 +1,12 @@
-"""Files: atomic writes, H.264 videos and the sample-directory contract.
+"""Files: atomic writes, training checkpoints, H.264 videos and the sample-directory contract.
 
 A sample directory holds ``*.mp4`` files and ``manifest.jsonl`` with one JSON object per
 video: at least ``file`` (relative), ``prompt``, ``seed``, ``method`` and ``steps``.
+
+A checkpoint is one safetensors file: the tensors of a training state under their paths in it
+(``optimizer/state/0/exp_avg``), and everything else (step, optimizer settings, how the dicts,
+lists and tuples nest) as JSON in the file's header. Reading it runs no code, unlike a pickle,
+which matters for a checkpoint from a shared DVC remote or a clone.
 """
 
 from __future__ import annotations
@@ -18,10 +23,18 @@ import av
 import numpy as np
 import torch
 
-from dcm.errors import MissingInputError, SampleFolderError
+from dcm.errors import DcmError, MissingInputError, SampleFolderError
 
 MANIFEST = "manifest.jsonl"
 REQUIRED_FIELDS = ("file", "prompt", "seed", "method", "steps")
+CHECKPOINT_STATE = "dcm.state"  # the header entry of a checkpoint holding its JSON part
+LEGACY_CHECKPOINT_SUFFIX = ".pt"  # checkpoints were pickles (torch.save) beside where they are now
+# JSON forms of what JSON lacks: a tensor (its name in the file), a tuple, a dict with keys other than text
+_TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
+
+
+class CheckpointError(DcmError, ValueError):
+    """A checkpoint dcm does not read: an old pickle checkpoint, or a file that is not a checkpoint."""
 
 
 @contextlib.contextmanager
@@ -39,9 +52,82 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write a training state atomically: nested dicts, lists and tuples of tensors, numbers, text,
+    booleans and ``None`` (see the module docstring). :func:`load_checkpoint` gives it back exactly."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    body = _encode(state, "", tensors)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        save_file(tensors, str(tmp), metadata={CHECKPOINT_STATE: json.dumps(body)})
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
+    """The state :func:`save_checkpoint` wrote at ``path`` (tensors on the CPU, bit for bit), or
+    ``None`` when there is none. An old pickle checkpoint where it used to be is an error, not
+    ignored: the stage would silently start over."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    legacy = path.with_suffix(LEGACY_CHECKPOINT_SUFFIX)
+    if not path.exists():
+        if legacy.exists():
+            raise CheckpointError(f"{legacy} is a checkpoint in the old pickle format, which dcm no longer reads; "
+                                  "convert it once (torch's weights-only loader runs no code): python -c \"import "
+                                  f"torch; from dcm.io import save_checkpoint; save_checkpoint('{path}', "
+                                  f"torch.load('{legacy}', weights_only=True))\", or delete it to start this stage "
+                                  "over")
+        return None
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            body = (f.metadata() or {}).get(CHECKPOINT_STATE)
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except SafetensorError as err:
+        raise CheckpointError(f"{path} is not a safetensors checkpoint ({err}); delete it to start this stage "
+                              "over") from None
+    if body is None:
+        raise CheckpointError(f"{path} holds tensors but no dcm training state ({CHECKPOINT_STATE} in its header); "
+                              "delete it to start this stage over")
+    return _decode(json.loads(body), tensors)
+
+
+def _encode(value: Any, name: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """``value`` as JSON, its tensors moved to ``tensors`` under their paths (``name``)."""
+    if isinstance(value, torch.Tensor):
+        if name in tensors:
+            raise ValueError(f"two tensors of one checkpoint have the path {name!r}")
+        tensors[name] = value.detach().cpu().contiguous()
+        return {_TENSOR: name}
+    if isinstance(value, tuple):
+        return {_TUPLE: [_encode(v, f"{name}/{i}", tensors) for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [_encode(v, f"{name}/{i}", tensors) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        encoded = [(_encode(k, "", tensors), _encode(v, f"{name}/{k}" if name else str(k), tensors))
+                   for k, v in value.items()]
+        if all(isinstance(k, str) for k in value) and not {_TENSOR, _TUPLE, _ITEMS} & set(value):
+            return dict(encoded)
+        return {_ITEMS: [list(item) for item in encoded]}  # e.g. an optimizer's state, keyed by parameter number
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"a checkpoint holds tensors, dicts, lists, tuples, numbers, text and None, not "
+                    f"{type(value).__name__} ({name})")
+
+
+def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The inverse of :func:`_encode`."""
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if value.keys() == {_TENSOR}:
+        return tensors[value[_TENSOR]]
+    if value.keys() == {_TUPLE}:
+        return tuple(_decode(v, tensors) for v in value[_TUPLE])
+    if value.keys() == {_ITEMS}:
+        return {_decode(k, tensors): _decode(v, tensors) for k, v in value[_ITEMS]}
+    return {k: _decode(v, tensors) for k, v in value.items()}
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

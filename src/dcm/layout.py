@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-CHECKPOINT = "checkpoint.pt"  # a training stage's resumable state
+CHECKPOINT = "checkpoint.safetensors"  # a training stage's resumable state (dcm.io.save_checkpoint)
 EXPERT_RECORD = "expert.json"  # what a student stage trained, with which params (dcm.experts)
 STUDENT_MODEL = "model"  # a full student: a diffusers model directory
 DETAIL_WEIGHTS = "detail.safetensors"  # a PE detail expert: LoRA + copied timestep layers

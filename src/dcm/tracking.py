@@ -18,6 +18,14 @@ from filelock import FileLock
 from mlflow import MlflowClient
 
 from dcm.config import Params
+from dcm.errors import DcmError
+
+#: seconds a tracking server gets to answer before a stage gives up on it
+SERVER_CHECK_TIMEOUT_S = 5.0
+
+
+class TrackingServerError(DcmError, ConnectionError):
+    """``MLFLOW_TRACKING_URI`` names a server that does not answer."""
 
 
 def repo_root() -> Path:
@@ -34,6 +42,32 @@ def repo_root() -> Path:
 def tracking_uri(root: Path | None = None) -> str:
     """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<root>/mlflow.db``."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root or repo_root()) / 'mlflow.db'}"
+
+
+def check_tracking_server(uri: str | None = None) -> None:
+    """Fail in seconds when the tracking store is a server that does not answer, before a stage does
+    any work: MLflow itself retries a refused connection for minutes without a word. A local store
+    (a SQLite file, a folder) needs no check."""
+    import ssl
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlparse
+
+    uri = uri or tracking_uri()
+    if urlparse(uri).scheme not in ("http", "https"):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_CHECK_TIMEOUT_S):
+            pass
+    except urllib.error.HTTPError:
+        return  # it answers (a server without /health, or behind a proxy); MLflow reports what else is wrong
+    except (urllib.error.URLError, OSError) as err:  # refused, unknown host, no answer in time
+        reason = getattr(err, "reason", None) or err
+        if isinstance(reason, ssl.SSLError):
+            return  # it answers; MLflow has its own TLS settings (MLFLOW_TRACKING_INSECURE_TLS, ..._CERT_PATH)
+        raise TrackingServerError(f"MLFLOW_TRACKING_URI = {uri}: no MLflow server answers there ({reason}); start it, "
+                                  "set MLFLOW_TRACKING_URI to a running server, or unset it to track into mlflow.db "
+                                  "at the repository root") from None
 
 
 def git_revision(root: Path) -> str:
@@ -65,6 +99,7 @@ def ensure_experiment(name: str, root: Path | None = None) -> str:
     training runs (:data:`EXPERIMENT_KIND`)."""
     root = root or repo_root()
     uri = tracking_uri(root)
+    check_tracking_server(uri)
     mlflow.set_tracking_uri(uri)
     with _store_lock(uri):
         experiment = mlflow.get_experiment_by_name(name)

@@ -14,6 +14,8 @@ from pathlib import Path
 from dcm.config import Params
 from dcm.errors import DcmError
 from dcm.data.splits import split_seeds, toy_items
+from dcm.world.grammar import PromptError as GrammarError
+from dcm.world.grammar import parse_prompt
 
 VBENCH = "vbench"
 
@@ -27,8 +29,9 @@ def vbench_suite() -> list[dict]:
     return json.loads(resources.files("vbench").joinpath("VBench_full_info.json").read_text())
 
 
-def read_prompts(source: str) -> list[str]:
-    """The prompts of ``source`` (see the module docstring), in order."""
+def read_prompts(source: str, toy_grammar: bool = False) -> list[str]:
+    """The prompts of ``source`` (see the module docstring), in order. ``toy_grammar``: each must
+    follow the toy world's grammar, the only prompts the tiny backbone knows and the toy world scores."""
     if source == VBENCH or source.startswith(f"{VBENCH}:"):
         suite = vbench_suite()
         dimension = source.partition(":")[2]
@@ -38,21 +41,32 @@ def read_prompts(source: str) -> list[str]:
                 raise PromptError(f"prompt source {source!r}: VBench has no dimension {dimension!r}; "
                                   f"known: {', '.join(known)}")
             suite = [e for e in suite if dimension in e["dimension"]]
-        return [e["prompt_en"] for e in suite]
-    path = Path(source)
-    if not path.is_file():
-        raise PromptError(f"prompt file {path} does not exist (give a text file with one prompt per line, "
-                          f"'{VBENCH}' or '{VBENCH}:<dimension>')")
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not prompts:
-        raise PromptError(f"prompt file {path} holds no prompts")
-    return prompts
+        numbered = [(f"prompt source {source!r}, prompt {n}", e["prompt_en"]) for n, e in enumerate(suite, start=1)]
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise PromptError(f"prompt file {path} does not exist (give a text file with one prompt per line, "
+                              f"'{VBENCH}' or '{VBENCH}:<dimension>')")
+        numbered = [(f"prompt file {path}, line {n}", line.strip())
+                    for n, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
+        if not numbered:
+            raise PromptError(f"prompt file {path} holds no prompts")
+    if toy_grammar:
+        for where, prompt in numbered:
+            try:
+                parse_prompt(prompt)
+            except GrammarError as err:
+                raise PromptError(f"{where}: {err}; the tiny backbone (model.backbone = 'tiny') knows only the toy "
+                                  "world's prompts: use prompts of that form, or a real backbone") from None
+    return [prompt for _, prompt in numbered]
 
 
-def heldout_prompts(source: str | None, videos: int, seed: int) -> tuple[list[str], list[int]]:
-    """``videos`` prompts (``source`` cycled, or the toy grammar shuffled) with seeds never trained on."""
+def heldout_prompts(source: str | None, videos: int, seed: int, toy_grammar: bool = False) -> tuple[list[str],
+                                                                                                   list[int]]:
+    """``videos`` prompts (``source`` cycled, or the toy grammar shuffled) with seeds never trained on;
+    ``toy_grammar``: as :func:`read_prompts`."""
     if source:
-        prompts = read_prompts(source)
+        prompts = read_prompts(source, toy_grammar)
         return [prompts[i % len(prompts)] for i in range(videos)], split_seeds("heldout", videos, seed)
     items = toy_items("heldout", videos, seed)
     return [p.text for p, _ in items], [s for _, s in items]
@@ -71,11 +85,11 @@ def sample_items(params: Params) -> tuple[list[str], list[int], list[str]]:
 
     s = params.sample
     if is_vbench_suite(s.prompt_file):
-        read_prompts(s.prompt_file)  # an unknown dimension is a clear error
+        read_prompts(s.prompt_file, params.model.toy_world)  # an unknown dimension is a clear error
         dimension = s.prompt_file.partition(":")[2]
         prompts = suite_prompts([dimension] if dimension else None)[: s.videos]
         items = [(prompt, i) for prompt in prompts for i in range(s.videos_per_prompt)]
         seeds = split_seeds("heldout", len(items), s.seed)
         return [p for p, _ in items], seeds, [standard_video_name(p, i) for p, i in items]
-    prompts, seeds = heldout_prompts(s.prompt_file, s.videos, s.seed)
+    prompts, seeds = heldout_prompts(s.prompt_file, s.videos, s.seed, params.model.toy_world)
     return prompts, seeds, [f"{i:04d}.mp4" for i in range(len(prompts))]

@@ -63,7 +63,7 @@ def prompt_set(params: Params) -> list[tuple[str, int]]:
     """(prompt, seed) pairs: the toy grammar in a shuffled cycle, or ``trajectories.prompt_file`` in a cycle."""
     t = params.trajectories
     if t.prompt_file:
-        prompts = read_prompts(t.prompt_file)
+        prompts = read_prompts(t.prompt_file, params.model.toy_world)
     else:
         toy = all_prompts()
         order = np.random.default_rng(t.seed).permutation(len(toy))

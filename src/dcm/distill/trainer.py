@@ -31,7 +31,7 @@ from dcm.distill import objective
 from dcm.distill.discriminator import Discriminator, FeatureTaps, d_hinge, g_hinge
 from dcm.distill.phases import Role, phases_for, trainable_points
 from dcm.experts import ParameterEfficientExpert, count_parameters
-from dcm.io import atomic_path, atomic_torch_save, write_csv
+from dcm.io import atomic_path, load_checkpoint, save_checkpoint, write_csv
 from dcm.layout import BUCKETS, CHECKPOINT, STUDENT_MODEL, VALIDATION, Layout
 from dcm.models import load_backbone
 from dcm.models.base import Backbone
@@ -221,7 +221,7 @@ class DistillRun:
     def resume(self) -> None:
         """Load the checkpoint when it was written for these params and inputs, then let
         accelerate prepare the models (FSDP ranks reload their optimizer shards after that)."""
-        ckpt = torch.load(self.checkpoint, map_location="cpu", weights_only=False) if self.checkpoint.exists() else None
+        ckpt = load_checkpoint(self.checkpoint)
         if ckpt is not None and (ckpt.get("fingerprint") != self.fingerprint or ckpt["step"] > self.plan.steps):
             log.warning("%s: %s was written with other params or trajectories, or past %d steps; starting over",
                         self.stage, self.checkpoint, self.plan.steps)
@@ -250,9 +250,9 @@ class DistillRun:
         if self.sharded and self.plan.gf and self.params.detail.g_weighting == "adaptive":
             raise ParamsError("detail.g_weighting = 'adaptive' takes gradients of one layer, which FSDP shards; "
                               "use 'fixed' (with detail.g_warmup_steps) under FSDP, or DDP")
-        self.rank_optimizers = self.out_dir / f"optimizer-rank{acc.process_index}.pt"  # FSDP: this rank's shards
+        self.rank_optimizers = self.out_dir / f"optimizer-rank{acc.process_index}.safetensors"  # FSDP: its shards
         if ckpt is not None and ckpt["optimizer"] is None:
-            shards = torch.load(self.rank_optimizers, map_location="cpu", weights_only=False)
+            shards = load_checkpoint(self.rank_optimizers)
             self.optimizer.load_state_dict(shards["optimizer"])
             if self.d_optimizer is not None:
                 self.d_optimizer.load_state_dict(shards["d_optimizer"])
@@ -280,9 +280,9 @@ class DistillRun:
         full = acc.get_state_dict(self.model)  # collectives under FSDP: every rank takes part
         disc_full = None if self.disc is None else acc.get_state_dict(self.disc)
         if self.sharded:
-            atomic_torch_save({"optimizer": self.optimizer.state_dict(),
-                               "d_optimizer": None if self.d_optimizer is None else self.d_optimizer.state_dict()},
-                              self.rank_optimizers)
+            save_checkpoint(self.rank_optimizers, {
+                "optimizer": self.optimizer.state_dict(),
+                "d_optimizer": None if self.d_optimizer is None else self.d_optimizer.state_dict()})
         if acc.is_main_process:
             state = {"fingerprint": self.fingerprint, "step": self.step, "seconds": self.train_seconds(),
                      "validation": getattr(self, "validation_rows", []),
@@ -293,7 +293,7 @@ class DistillRun:
             if self.disc is not None:
                 state["disc"] = disc_full
                 state["d_optimizer"] = None if self.sharded else self.d_optimizer.state_dict()
-            atomic_torch_save(state, self.checkpoint)
+            save_checkpoint(self.checkpoint, state)
         acc.wait_for_everyone()
 
     # ---- one step -----------------------------------------------------------------------------

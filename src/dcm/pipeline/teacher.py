@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dcm.config import Params
 from dcm.layout import Layout
-from dcm.tracking import stage_run
+from dcm.tracking import check_tracking_server, stage_run
 
 
 def run_teacher(params: Params, layout: Layout = Layout()) -> None:
@@ -19,5 +19,6 @@ def run_teacher(params: Params, layout: Layout = Layout()) -> None:
         return
     from dcm.teacher.training import train_teacher
 
+    check_tracking_server()
     with stage_run("teacher", params):
         train_teacher(params, layout.teacher)

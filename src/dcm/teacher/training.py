@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from dcm import flow
 from dcm.config import Params, fingerprint, stage_values
 from dcm.data.splits import TRAIN_SEED_END, toy_items
-from dcm.io import atomic_torch_save, write_csv
+from dcm.io import load_checkpoint, save_checkpoint, write_csv
 from dcm.layout import CHECKPOINT, VALIDATION
 from dcm.models.tiny import TinyBackbone, build_tiny_backbone
 from dcm.teacher.probes import accuracy, prompt_swap_probe, sample_videos
@@ -135,7 +135,7 @@ def train_teacher(params: Params, out_dir: Path) -> TinyBackbone:
     state = TrainState()
     ckpt_path = out_dir / CHECKPOINT
     fp = fingerprint(stage_values(params, "teacher", ignore=fingerprint_ignore(params)))
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
+    ckpt = load_checkpoint(ckpt_path)
     if ckpt is not None and (ckpt.get("fingerprint") != fp or ckpt["state"]["step"] > t.steps):
         log.warning("%s was written with other params, or past %d steps; training from scratch", ckpt_path, t.steps)
         ckpt = None
@@ -158,12 +158,12 @@ def train_teacher(params: Params, out_dir: Path) -> TinyBackbone:
 
     def save() -> None:
         if accelerator.is_main_process:
-            atomic_torch_save({
+            save_checkpoint(ckpt_path, {
                 "model": accelerator.unwrap_model(model).state_dict(), "ema": ema.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "state": state.__dict__, "fingerprint": fp,
                 "lr_ratios": [schedule(k) for k in range(state.step)],
-            }, ckpt_path)
+            })
 
     def check() -> None:
         """Sample the validation videos with the EMA weights; score them and run the swap probe."""
