@@ -20,3 +20,11 @@ def test_a_machine_pin_that_excludes_ours_wins_and_compatible_ones_keep_ours(tmp
 
     assert "imageio==2.38.2" not in kept
     assert set(ours) - set(kept) == {"imageio==2.38.2"}
+
+
+def test_the_tested_set_pins_each_package_once():
+    """Two pins of one package (names compare case- and separator-insensitively) make pip refuse the
+    whole tested set, and bootstrap then installs untested versions."""
+    names = [bootstrap.canonical(r.name) for line in (ROOT / "constraints.txt").read_text().splitlines()
+             if (r := bootstrap.parse_requirement(line)) is not None]
+    assert len(names) == len(set(names)), sorted({n for n in names if names.count(n) > 1})
