@@ -159,7 +159,7 @@ class DatasetSpec:
                    dtype)
 
 
-def _jsonable(value) -> object:
+def _jsonable(value: object) -> object:
     return json.loads(json.dumps(asdict(value) if isinstance(value, DatasetSpec) else value))
 
 
