@@ -16,7 +16,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from dcm.distill.trainer import StudentPlan
+from dcm.distill.methods import StudentPlan
 from dcm.launch import LAUNCHED_MARKERS
 from dcm.layout import CHECKPOINT
 from dcm.pipeline.distill import run_distill
