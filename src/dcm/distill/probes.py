@@ -83,8 +83,8 @@ class ValidationCurve:
     @torch.no_grad()
     def check(self, student: torch.nn.Module, step: int) -> None:
         """Score the student at ``step``; log it and write ``validation.csv``."""
+        from dcm.evaluation.samples import score_samples
         from dcm.guidance import initial_noise
-        from dcm.world.metrics import aggregate_scores, evaluate_video
         from dcm.world.render import to_video
 
         items = toy_items("validation", self.params.distill.validate_videos)
@@ -97,10 +97,8 @@ class ValidationCurve:
             velocity = self.teacher.guided_velocity(model, text, empty, guidance)
             for a, b in zip(indices[:-1], indices[1:], strict=True):
                 x = flow.euler_step(x, velocity(x, self.sigmas[a]), self.sigmas[a], self.sigmas[b])
-        world = self.params.world.to_config()
-        rows = [evaluate_video(to_video(v), p, world) for v, (p, _) in zip(self.teacher.decode_latents(x), items,
-                                                                          strict=True)]
-        scores = aggregate_scores(rows)
+        videos = [to_video(v) for v in self.teacher.decode_latents(x)]
+        scores = score_samples(videos, items, self.params.world.to_config()).aggregate
         row = {"step": step, **{k: round(scores[k], 5) for k in ("total", "quality", "semantic")}}
         self.rows = [r for r in self.rows if r["step"] < step] + [row]
         write_csv(self.path, self.rows)

@@ -80,7 +80,7 @@ class DistillRun:
     takes one step of the consistency objective (paper Eq. 6-7) with the method's own losses."""
 
     def __init__(self, params: Params, stage: str, plan: StudentPlan, layout: Layout):
-        self.params, self.stage, self.plan, self.layout = params, stage, plan, layout
+        self.params, self.stage, self.plan = params, stage, plan
         self.out_dir = layout.student(stage)
         d = params.distill
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(),
