@@ -110,13 +110,14 @@ class Method:
 
 
 class LCM(Method):
-    """One consistency model over the whole trajectory."""
+    """One consistency model over the whole trajectory: every point jumps to the clean end."""
 
     probes_buckets = True
 
 
 class PCM(Method):
-    """One consistency model per phase of ``pcm.phases`` even phases, one network for all."""
+    """One network, consistent within each of ``pcm.phases`` even phases: every point jumps to the end
+    of its phase."""
 
 
 class SemanticExpert(Method):
