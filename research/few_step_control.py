@@ -28,8 +28,8 @@ COLUMNS = ("total", "quality", "semantic", "subject_consistency", "background_co
 def rows_for_shift(shift: float, videos: int, params, backbone, boundary: int | None) -> list[dict]:
     from dcm.data.splits import toy_items
     from dcm.data.trajectories import latent_shape
+    from dcm.evaluation.samples import score_samples
     from dcm.sampling import Sampler, sample, schedule
-    from dcm.world.metrics import aggregate_scores, evaluate_video
     from dcm.world.render import to_video
 
     params = params.with_overrides({"flow": {"shift": shift}})
@@ -45,8 +45,8 @@ def rows_for_shift(shift: float, videos: int, params, backbone, boundary: int | 
                           params.trajectories.guidance_scale, backbone.transformer.eval())
         latents = sample(sampler, backbone, [p.text for p, _ in items], [s for _, s in items],
                          latent_shape(params, backbone))
-        scores = aggregate_scores([evaluate_video(to_video(v), p, params.world.to_config())
-                                   for v, (p, _) in zip(backbone.decode_latents(latents), items, strict=True)])
+        videos = [to_video(v) for v in backbone.decode_latents(latents)]
+        scores = score_samples(videos, items, params.world.to_config()).aggregate
         sigmas = ", ".join(f"{grid[i]:.3f}" for i in indices) if len(indices) <= 9 else f"{n} grid steps"
         out.append({"shift": shift, "sampler": name, "sigmas": sigmas, **{c: scores[c] for c in COLUMNS}})
         print(", ".join(f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}"

@@ -24,7 +24,7 @@ from dcm.sampling import sample
 from dcm.students import load_sampler
 from dcm.data.splits import toy_items
 from dcm.data.trajectories import latent_shape
-from dcm.world.metrics import aggregate_scores, evaluate_video
+from dcm.evaluation.samples import score_samples
 from dcm.world.render import to_video
 
 
@@ -58,9 +58,9 @@ def main() -> None:
             for steps in args.steps:
                 sampler = load_sampler("dcm", steps, backbone, params, layout)
                 latents = sample(sampler, backbone, prompts, seeds, latent_shape(params, backbone))
-                scores = [evaluate_video(to_video(v), p, params.world.to_config())
-                          for v, (p, _) in zip(backbone.decode_latents(latents), items, strict=True)]
-                row[f"dcm@{steps}"] = round(aggregate_scores(scores)["total"], 4)
+                videos = [to_video(v) for v in backbone.decode_latents(latents)]
+                scores = score_samples(videos, items, params.world.to_config()).aggregate
+                row[f"dcm@{steps}"] = round(scores["total"], 4)
             print(json.dumps(row), flush=True)
             results.setdefault("PE + GF" if gf else "PE, no GF", []).append(row)
     for setting, rows in results.items():

@@ -1,6 +1,7 @@
 """Distillation stages: what each trains, exact resume after kill -9, NaN guard, two processes."""
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from dcm.distill.trainer import StudentPlan
+from dcm.distill.methods import StudentPlan
 from dcm.io import load_checkpoint
 from dcm.launch import LAUNCHED_MARKERS
 from dcm.layout import CHECKPOINT
@@ -155,6 +156,37 @@ def test_kill_9_then_rerun_ends_with_the_same_weights(workspace, micro_distill):
     assert _record("semantic")["summary"]["seconds_per_step"] > 0
     for name, value in straight.items():
         torch.testing.assert_close(resumed[name], value, msg=name)
+
+
+def test_a_stopped_detail_stage_resumes_its_discriminator_and_ema_target_exactly(workspace, micro_distill, monkeypatch,
+                                                                                 caplog):
+    """What the detail expert trains beside the student (the discriminator and its optimizer) and the EMA
+    target come back from the checkpoint: a run stopped after its step-2 checkpoint and rerun ends with
+    the weights of an uninterrupted run."""
+    from dcm.distill import objective
+
+    params = with_overrides(micro_distill, {"distill": {"target": "ema"}, "detail": {"steps": 4}})
+    run_trajectories(params)
+    run_distill(params, "semantic")
+    run_distill(params, "detail")
+    (ART / "detail").rename(ART / "straight")
+    real, calls = objective.pseudo_huber, {"n": 0}
+
+    def poisoned(pred, target, c):  # the third step's loss is NaN: the stage stops after its step-2 checkpoint
+        calls["n"] += 1
+        return real(pred, target, c) * (float("nan") if calls["n"] == 3 else 1.0)
+
+    monkeypatch.setattr(objective, "pseudo_huber", poisoned)
+    with pytest.raises(FloatingPointError, match="step 2"):
+        run_distill(params, "detail")
+    monkeypatch.setattr(objective, "pseudo_huber", real)
+    with caplog.at_level(logging.INFO, logger="dcm.distill.trainer"):
+        run_distill(params, "detail")
+    assert "resuming from artifacts/detail/checkpoint.safetensors at step 2" in caplog.text
+    straight, resumed = (load_file(str(ART / run / "detail.safetensors")) for run in ("straight", "detail"))
+    assert straight.keys() == resumed.keys()
+    for name, value in straight.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(workspace, micro_distill, monkeypatch):

@@ -1,15 +1,30 @@
-"""Evaluation: fidelity maths, VBench availability, and bad sample folders."""
+"""Evaluation: scoring a set of samples, fidelity maths, VBench availability, and bad sample folders."""
 
 import json
 
 import numpy as np
 import pytest
 
-from dcm.evaluation import psnr, ssim, vbench_plan, vbench_scores
+from dcm.evaluation.fidelity import psnr, ssim
+from dcm.evaluation.samples import score_samples
+from dcm.evaluation.vbench_runner import vbench_plan, vbench_scores
 from dcm.io import write_manifest, write_mp4
 from dcm.layout import Layout
 from dcm.pipeline.evaluate import run_evaluate
-from dcm.world import render_video
+from dcm.world import parse_prompt, render_video
+
+
+def test_each_sample_is_scored_against_the_prompt_it_was_sampled_from(world):
+    items = [(parse_prompt("a red circle moving left on a stripes background"), 3),
+             ("a blue square moving up on a checker background", 4)]
+    videos = [render_video(prompt, seed, world) for prompt, seed in items]
+    scores = score_samples(videos, items, world)
+    assert [(row["prompt"], row["seed"]) for row in scores.rows] == [(str(p), s) for p, s in items]
+    assert scores.aggregate["semantic"] == 1.0  # rendered truth matches its prompt in every attribute
+    assert scores.aggregate["total"] == pytest.approx((4 * scores.aggregate["quality"] + 1.0) / 5)
+    assert score_samples(videos[::-1], items, world).aggregate["semantic"] < 0.5  # each against the other's prompt
+    with pytest.raises(ValueError, match="2 videos for 1"):
+        score_samples(videos, items[:1], world)
 
 
 def test_psnr_and_ssim_reward_closeness(world):

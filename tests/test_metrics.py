@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dcm.world import all_prompts, render_video
+from dcm.world import WorldConfig, all_prompts, render_video
 from dcm.world.metrics import (
     NORMALISATION_MIN,
     QUALITY_DIMENSIONS,
@@ -131,7 +131,7 @@ def test_noise_videos_score_near_zero(world):
     rng = np.random.default_rng(1)
     rows = [evaluate_video(rng.random((world.frames, world.size, world.size, 3), dtype=np.float32), p, world)
             for p in PROMPTS[:8]]
-    assert aggregate_scores(rows)["total"] < 0.15
+    assert aggregate_scores(rows, world)["total"] < 0.15
 
 
 def test_scores_follow_vbench_formula(clean):
@@ -141,4 +141,4 @@ def test_scores_follow_vbench_formula(clean):
 
 def test_empty_set_is_an_error():
     with pytest.raises(ValueError, match="empty"):
-        aggregate_scores([])
+        aggregate_scores([], WorldConfig())

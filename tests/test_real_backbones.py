@@ -9,7 +9,7 @@ import pytest
 from dcm.config import ParamsError, parse_params
 from dcm.io import read_manifest
 from dcm.models import BackboneError, load_backbone
-from dcm.vbench_suite import suite_prompts
+from dcm.evaluation.vbench_suite import suite_prompts
 from dcm.layout import Layout
 from dcm.pipeline.boundary import run_boundary
 from dcm.pipeline.distill import run_distill

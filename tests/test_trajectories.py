@@ -96,7 +96,7 @@ def test_trajectories_made_with_other_settings_are_refused(workspace, micro_dist
 
 
 def test_points_not_stored_come_from_an_online_teacher_step(workspace, micro_distill):
-    from dcm.distill.trainer import _Batch, _previous_point
+    from dcm.distill.batches import Batch, previous_point
 
     run_trajectories(micro_distill)
     full = load(OUT, _spec(micro_distill))
@@ -106,7 +106,7 @@ def test_points_not_stored_come_from_an_online_teacher_step(workspace, micro_dis
     assert sparse.latents.shape[1] == micro_distill.flow.steps // 2 + 1
     backbone = load_backbone(TEACHER)
     points = torch.tensor([2, 4])  # stored; their predecessors 1 and 3 are not
-    batch = _Batch(sparse, points, torch.zeros(2, dtype=torch.long), 4, torch.Generator().manual_seed(0))
-    online = _previous_point(sparse, batch, backbone, backbone.encode_prompts([""]))
+    batch = Batch(sparse, points, torch.zeros(2, dtype=torch.long), 4, torch.Generator().manual_seed(0))
+    online = previous_point(sparse, batch, backbone, backbone.encode_prompts([""]))
     stored = full.at(batch.videos, batch.i - 1)
     torch.testing.assert_close(online, stored, atol=5e-3, rtol=5e-3)

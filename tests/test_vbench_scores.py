@@ -1,4 +1,4 @@
-"""Specification of dcm.vbench_scores: VBench's own aggregation, checked against published scores.
+"""Specification of dcm.evaluation.vbench_totals: VBench's own aggregation, checked against published scores.
 
 Published numbers are VBench leaderboard rows (huggingface.co/spaces/Vchitect/VBench_Leaderboard)
 as reprinted in two papers, in percent with two decimals, 16 dimensions in the leaderboard's
@@ -18,8 +18,8 @@ import json
 
 import pytest
 
-from dcm import vbench_scores as vs
-from dcm.vbench_scores import (
+from dcm.evaluation import vbench_totals as vs
+from dcm.evaluation.vbench_totals import (
     DIMENSION_WEIGHTS,
     DIMENSIONS,
     NORMALIZATION,

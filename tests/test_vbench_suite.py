@@ -1,12 +1,12 @@
-"""dcm.vbench_suite: VBench's 16 dimensions, what they need, and standard mode's file names."""
+"""dcm.evaluation.vbench_suite: VBench's 16 dimensions, what they need, and standard mode's file names."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from dcm import vbench_scores, vbench_suite
-from dcm.vbench_suite import (
+from dcm.evaluation import vbench_suite, vbench_totals
+from dcm.evaluation.vbench_suite import (
     DIMENSIONS,
     availability,
     readme_table,
@@ -41,9 +41,9 @@ def _place_all_files(dirs, dim):
 
 
 def test_all_sixteen_dimensions_grouped_as_vbench_scores():
-    assert set(DIMENSIONS) == set(vbench_scores.DIMENSIONS) and len(DIMENSIONS) == 16
-    assert {n for n, d in DIMENSIONS.items() if d.group == "quality"} == set(vbench_scores.QUALITY_DIMENSIONS)
-    assert {n for n, d in DIMENSIONS.items() if d.group == "semantic"} == set(vbench_scores.SEMANTIC_DIMENSIONS)
+    assert set(DIMENSIONS) == set(vbench_totals.DIMENSIONS) and len(DIMENSIONS) == 16
+    assert {n for n, d in DIMENSIONS.items() if d.group == "quality"} == set(vbench_totals.QUALITY_DIMENSIONS)
+    assert {n for n, d in DIMENSIONS.items() if d.group == "semantic"} == set(vbench_totals.SEMANTIC_DIMENSIONS)
     assert all(name == dim.name for name, dim in DIMENSIONS.items())
 
 
@@ -173,7 +173,7 @@ def test_module_imports_no_heavy_packages():
     import subprocess
     import sys
 
-    code = ("import sys, dcm.vbench_suite as s; s.availability(); s.suite_prompts(); s.readme_table(); "
+    code = ("import sys, dcm.evaluation.vbench_suite as s; s.availability(); s.suite_prompts(); s.readme_table(); "
             "print(sorted(m for m in ('torch', 'vbench', 'numpy', 'cv2') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

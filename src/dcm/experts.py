@@ -77,7 +77,8 @@ class ParameterEfficientExpert(nn.Module):
             module._parameters.pop(child, None)
             object.__setattr__(module, child, value)
 
-    def _copy_of(self, name: str):
+    def copy_of(self, name: str) -> nn.Module | nn.Parameter:
+        """The detail expert's trainable copy of the timestep layer ``name`` (one of ``timestep_layers``)."""
         key = name.replace(".", "__")
         return self.copies[key] if key in self.copies else self.copy_modules[key]
 
@@ -86,7 +87,7 @@ class ParameterEfficientExpert(nn.Module):
         """Within this block the base computes the detail expert."""
         originals = {name: self._get(name) for name in self.timestep_layers}
         for name in self.timestep_layers:
-            self._set(name, self._copy_of(name))
+            self._set(name, self.copy_of(name))
         _set_lora(self.base, True)
         try:
             yield self.base
@@ -103,7 +104,7 @@ class ParameterEfficientExpert(nn.Module):
         base comes back bit for bit."""
         originals = {name: self._get(name) for name in self.timestep_layers}
         for name in self.timestep_layers:
-            self._set(name, self._copy_of(name))
+            self._set(name, self.copy_of(name))
         layers = [m.get_base_layer() for m in self.base.modules() if isinstance(m, BaseTunerLayer)]
         if self._merged is None:
             with torch.no_grad():

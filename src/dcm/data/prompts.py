@@ -81,7 +81,7 @@ def sample_items(params: Params) -> tuple[list[str], list[int], list[str]]:
     mode expects: its first ``sample.videos`` prompts (of the dimension, with ``vbench:<dimension>``),
     each ``sample.videos_per_prompt`` times, named ``<prompt>-<i>.mp4``; other prompts cycle to
     ``sample.videos`` videos named by number."""
-    from dcm.vbench_suite import standard_video_name, suite_prompts
+    from dcm.evaluation.vbench_suite import standard_video_name, suite_prompts
 
     s = params.sample
     if is_vbench_suite(s.prompt_file):

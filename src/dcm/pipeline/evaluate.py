@@ -36,7 +36,8 @@ def read_sample_folders(params: Params, layout: Layout) -> tuple[dict[str, list[
 def score_folder(key: str, records: list[dict], params: Params, layout: Layout, teacher: dict,
                  vbench_dims: list[str], vbench_mode: str) -> list[dict]:
     """One row per video: toy-world scores, PSNR/SSIM against the teacher's video, VBench."""
-    from dcm.evaluation import psnr, run_vbench, ssim
+    from dcm.evaluation.fidelity import psnr, ssim
+    from dcm.evaluation.vbench_runner import run_vbench
     from dcm.io import read_mp4
     from dcm.world.metrics import evaluate_video
 
@@ -59,10 +60,10 @@ def score_folder(key: str, records: list[dict], params: Params, layout: Layout, 
 def summarise(rows: list[dict], key: str, latency: dict, params: Params, teacher_key: str,
               missing: dict[str, list[str]]) -> dict:
     """A folder's entry in ``reports/metrics.json``."""
-    from dcm.evaluation import vbench_scores
+    from dcm.evaluation.vbench_runner import vbench_scores
     from dcm.world.metrics import aggregate_scores
 
-    entry = {**(aggregate_scores(rows) if params.model.toy_world else {}), **latency.get(key, {}), "videos": len(rows)}
+    entry = {**(aggregate_scores(rows, params.world.to_config()) if params.model.toy_world else {}), **latency.get(key, {}), "videos": len(rows)}
     if teacher_key in latency and key in latency:
         entry["speedup_vs_teacher"] = latency[teacher_key]["latency_s"] / latency[key]["latency_s"]
     if "psnr_vs_teacher" in rows[0]:
@@ -83,7 +84,7 @@ def run_evaluate(params: Params, layout: Layout = Layout()) -> dict:
     import mlflow
     import pandas as pd
 
-    from dcm.evaluation import vbench_plan
+    from dcm.evaluation.vbench_runner import vbench_plan
     from dcm.io import read_mp4, write_json
     from dcm.tracking import log_headline, log_metrics
 

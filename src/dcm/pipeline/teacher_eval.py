@@ -59,7 +59,7 @@ def run_teacher_eval(params: Params, layout: Layout = Layout()) -> dict[str, flo
             rows.append({"file": name, "prompt": prompt, "seed": seed, **scores})
         write_manifest(out / "samples", records)
         pd.DataFrame(rows).to_csv(out / "videos.csv", index=False)
-        metrics = {**(aggregate_scores(rows) if toy else {}), "batch_seconds": batch_seconds,
+        metrics = {**(aggregate_scores(rows, params.world.to_config()) if toy else {}), "batch_seconds": batch_seconds,
                    "batch_size": min(cfg.batch_size, len(prompts)), "videos": len(prompts), "steps": params.flow.steps,
                    "guidance_scale": cfg.guidance_scale}
         frame_grid(videos[:8], prompts[:8], out / "grid.png")

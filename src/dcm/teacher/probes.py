@@ -16,10 +16,10 @@ import torch
 
 from dcm import flow
 from dcm.config import Params
+from dcm.evaluation.samples import score_samples
 from dcm.models.tiny import TinyBackbone
 from dcm.sampling import sample, teacher_sampler
 from dcm.world.grammar import COLORS, DIRECTIONS, SHAPES, TEXTURES, Prompt
-from dcm.world.metrics import evaluate_video
 from dcm.world.render import render_batch, to_video
 
 
@@ -37,8 +37,8 @@ ACCURACY_KEYS = ("color", "object_class", "motion_direction", "scene")  # the qu
 
 
 def accuracy(videos: list[np.ndarray], items: list[tuple[Prompt, int]], params: Params) -> dict[str, float]:
-    rows = [evaluate_video(v, p, params.world.to_config()) for v, (p, _) in zip(videos, items, strict=True)]
-    return {f"acc_{k}": float(np.mean([r[k] for r in rows])) for k in ACCURACY_KEYS}
+    scores = score_samples(videos, items, params.world.to_config()).aggregate
+    return {f"acc_{k}": scores[k] for k in ACCURACY_KEYS}
 
 
 @torch.no_grad()

@@ -374,9 +374,9 @@ def normalise(dimension: str, raw: float, world: WorldConfig | None = None) -> f
     return float(np.clip((raw - lo) / (NORMALISATION_MAX - lo), 0.0, 1.0))
 
 
-def aggregate_scores(rows: list[dict], world: WorldConfig | None = None) -> dict[str, float]:
-    """VBench-style Quality, Semantic and Total over a set of per-video rows (of ``world``: its
-    textures decide the detail floor; None is the periodic world's)."""
+def aggregate_scores(rows: list[dict], world: WorldConfig) -> dict[str, float]:
+    """VBench-style Quality, Semantic and Total over a set of per-video rows of ``world`` (its
+    textures decide the detail floor)."""
     if not rows:
         raise ValueError("cannot score an empty set of videos")
     scores: dict[str, float] = {}

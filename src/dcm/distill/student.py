@@ -1,0 +1,103 @@
+"""The student under training: its module, its optimizer and its target network (paper Eq. 4: the
+student's EMA, or the online student itself), and what a checkpoint keeps of them."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from dcm.config import Params
+from dcm.experts import ParameterEfficientExpert, count_parameters
+from dcm.layout import Layout
+from dcm.models.base import Backbone
+from dcm.students import load_full_model
+
+
+def build_student(pe: bool, params: Params, teacher: Backbone, layout: Layout) -> tuple[nn.Module,
+                                                                                      list[nn.Parameter]]:
+    """The trainable module and its trainable parameters: a copy of the teacher, or (PE) a LoRA and
+    copied timestep layers on the frozen semantic expert (paper Sec. 3.3)."""
+    if pe:
+        base = load_full_model(layout.student("semantic"), teacher, "semantic")
+        if params.distill.gradient_checkpointing:
+            teacher.enable_gradient_checkpointing(base)
+        d = params.detail
+        student = ParameterEfficientExpert(base, teacher.timestep_layers, d.lora_rank, d.lora_alpha, d.lora_targets)
+        return student, student.trainable_parameters()
+    student = copy.deepcopy(teacher.transformer).requires_grad_(True)
+    if params.distill.gradient_checkpointing:
+        teacher.enable_gradient_checkpointing(student)
+    return student, list(student.parameters())
+
+
+def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
+    if isinstance(module, ParameterEfficientExpert):
+        return module.trainable_parameters()
+    return list(module.parameters())
+
+
+def _weights(student: nn.Module, full: dict | None = None) -> dict:
+    """What a checkpoint keeps of a student; ``full``: its whole state dict already gathered (FSDP)."""
+    if isinstance(student, ParameterEfficientExpert):
+        return student.detail_state_dict(full)
+    return student.state_dict() if full is None else full
+
+
+def _load_weights(student: nn.Module, state: dict) -> None:
+    if isinstance(student, ParameterEfficientExpert):
+        student.load_detail_state_dict(state)
+    else:
+        student.load_state_dict(state)
+
+
+class Student:
+    """The trainable module, its AdamW and its target network. :meth:`prepare` hands the module and
+    optimizer to accelerate; ``model`` is then what to call and ``raw`` the unwrapped module."""
+
+    def __init__(self, module: nn.Module, trainable: list[nn.Parameter], params: Params, lr: float):
+        d = params.distill
+        self.module, self.ema_decay = module, d.target_ema_decay
+        self.trainable_count = count_parameters(trainable)
+        self.optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=d.weight_decay)
+        self.ema = copy.deepcopy(module).requires_grad_(False) if d.target == "ema" else None
+
+    def prepare(self, accelerator: Accelerator) -> None:
+        self.model, self.optimizer = accelerator.prepare(self.module, self.optimizer)
+        self.raw = accelerator.unwrap_model(self.model)
+        # the online target calls the prepared model: under FSDP the unwrapped one holds only this rank's shards
+        self.target = self.ema if self.ema is not None else self.model
+
+    def update_target(self) -> None:
+        """One EMA step of the target towards the student (nothing for the online target)."""
+        if self.ema is None:
+            return
+        with torch.no_grad():
+            for e, p in zip(trainable_parameters(self.ema), trainable_parameters(self.raw), strict=True):
+                e.lerp_(p.detach(), 1 - self.ema_decay)
+
+    def state_dict(self, accelerator: Accelerator, sharded: bool) -> dict:
+        """The checkpoint's part of the student (every process calls it: gathering is a collective
+        under FSDP); the optimizer is ``None`` when sharded, each process keeps its own shards."""
+        full = accelerator.get_state_dict(self.model)
+        state = {"student": _weights(self.raw, full), "optimizer": None if sharded else self.optimizer.state_dict()}
+        if self.ema is not None:
+            state["ema"] = _weights(self.ema)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Before :meth:`prepare`; a sharded optimizer comes back through :meth:`load_optimizer_shards`."""
+        _load_weights(self.module, state["student"])
+        if state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            _load_weights(self.ema, state["ema"])
+
+    def optimizer_shards(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_optimizer_shards(self, shards: dict) -> None:
+        """After :meth:`prepare`: this process's shards of the optimizer."""
+        self.optimizer.load_state_dict(shards["optimizer"])
