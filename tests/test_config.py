@@ -25,6 +25,18 @@ def test_repository_params_are_valid_and_spell_out_every_key():
     assert _dotted(raw) == set(Params().flat())
 
 
+def test_the_code_defaults_are_the_repository_params():
+    """One set of defaults: a key a params file leaves out takes the value params.yaml runs."""
+    assert Params() == load_params(ROOT / "params.yaml")
+
+
+@pytest.mark.parametrize("section", sorted(k for k, v in Params().model_dump().items() if isinstance(v, dict)))
+def test_a_section_given_in_part_is_completed_with_the_repository_values(section):
+    """An empty (or partial) section takes its class's defaults, which must be the same values (``lcm``
+    and ``pcm`` share a schema but not their defaults)."""
+    assert parse_params({section: {}}) == load_params(ROOT / "params.yaml")
+
+
 @pytest.mark.parametrize("data, key, allowed", [
     ({"teacher": {"lr": -1}}, "teacher.lr = -1", "greater than 0"),
     ({"teacher": {"timestep_sampling": "cosine"}}, "teacher.timestep_sampling = 'cosine'", "uniform"),
@@ -67,7 +79,7 @@ def test_missing_file_and_non_mapping_are_clear(tmp_path):
 def test_flat_params_use_dotted_keys():
     flat = Params().flat()
     assert flat["teacher.lr"] == Params().teacher.lr
-    assert flat["boundary"] == 35
+    assert flat["boundary"] == Params().boundary == 11
     assert flat["model.tiny.num_layers"] == Params().model.tiny.num_layers
 
 
