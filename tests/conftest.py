@@ -94,7 +94,11 @@ def micro_teacher(tmp_path_factory) -> Path:
 @pytest.fixture
 def workspace(tmp_path, monkeypatch, micro_teacher):
     """A working directory holding the trained micro teacher, as the stages expect it."""
+    import mlflow
+
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)  # an earlier test's stage run set this process's URI to its own store
     shutil.copytree(micro_teacher, tmp_path / "artifacts/teacher/model")
     return tmp_path

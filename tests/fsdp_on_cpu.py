@@ -22,7 +22,7 @@ from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin  # 
 
 from dcm.config import load_params  # noqa: E402
 from dcm.launch import FSDP_BLOCKS  # noqa: E402
-from dcm.pipeline.distill import run_distill  # noqa: E402
+from dcm.stages.distill import run_distill  # noqa: E402
 
 if __name__ == "__main__":
     stage, mode = sys.argv[1:3]

@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 from dcm.distill.trainer import StudentPlan
 from dcm.launch import LAUNCHED_MARKERS
 from dcm.layout import CHECKPOINT
-from dcm.pipeline.distill import run_distill
-from dcm.pipeline.trajectories import run_trajectories
+from dcm.stages.distill import run_distill
+from dcm.stages.trajectories import run_trajectories
 
 from conftest import with_overrides
 

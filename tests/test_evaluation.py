@@ -8,7 +8,7 @@ import pytest
 from dcm.evaluation import psnr, ssim, vbench_plan, vbench_scores
 from dcm.io import write_manifest, write_mp4
 from dcm.layout import Layout
-from dcm.pipeline.evaluate import run_evaluate
+from dcm.stages.evaluate import run_evaluate
 from dcm.world import render_video
 
 

@@ -11,7 +11,7 @@ from dcm import flow
 from dcm.data.trajectories import TrajectoryError, TrajectorySpec, load
 from dcm.guidance import initial_noise
 from dcm.models import load_backbone
-from dcm.pipeline.trajectories import run_trajectories
+from dcm.stages.trajectories import run_trajectories
 from dcm.sampling import sample, teacher_sampler
 
 from conftest import with_overrides
