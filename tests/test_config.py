@@ -44,6 +44,7 @@ def test_a_section_given_in_part_is_completed_with_the_repository_values(section
     ({"boundary": 50}, "boundary", "[1, 49]"),
     ({"teacher": {"lrr": 0.1}}, "teacher.lrr", "Extra inputs are not permitted"),
     ({"world": {"speed_min": 3.0, "speed_max": 2.0}}, "world", "speed_max"),
+    ({"model": {"backbone": "sdxl"}}, "model.backbone = 'sdxl'", "allowed: tiny, wan, cogvideox, hunyuanvideo"),
 ])
 def test_bad_values_name_key_value_and_allowed_range(data, key, allowed):
     with pytest.raises(ParamsError) as err:
@@ -93,3 +94,17 @@ def test_no_default_text_value_changes_type_when_dvc_writes_it_unquoted():
     for key, value in Params().flat().items():
         if isinstance(value, str):
             assert yaml.safe_load(f"k: {value}")["k"] == value, key
+
+
+def test_a_backbone_is_allowed_once_it_is_registered(monkeypatch):
+    """model.backbone takes the names of dcm.models.BACKBONES: a new adapter is its module and a line there."""
+    from dcm.models import BACKBONES, WanBackbone
+
+    class Wan22Backbone(WanBackbone):
+        kind = "wan2.2"
+
+    new = {"model": {"backbone": "wan2.2", "path": "/models/wan2.2"}}
+    with pytest.raises(ParamsError, match="allowed: "):
+        parse_params(new)
+    monkeypatch.setitem(BACKBONES, Wan22Backbone.kind, Wan22Backbone)
+    assert parse_params(new).model.backbone == "wan2.2"

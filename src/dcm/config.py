@@ -81,16 +81,25 @@ class TinyModelParams(_Section):
 class ModelParams(_Section):
     """Which backbone: the embedded tiny teacher, or a real checkpoint in a local diffusers directory."""
 
-    backbone: Literal["tiny", "wan", "cogvideox", "hunyuanvideo"] = Field(
-        "tiny", description="tiny (trained by the teacher stage) or a real model loaded from model.path")
+    backbone: str = Field("tiny", description="tiny (trained by the teacher stage) or a real model loaded from "
+                          "model.path: a name in dcm.models.BACKBONES")
     tiny: TinyModelParams = TinyModelParams()
     path: str | None = Field(None, description="local diffusers directory of a real backbone (never downloaded)")
     frames: int = Field(81, ge=1, description="real backbones: video frames (the tiny world uses world.frames)")
     height: int = Field(480, ge=8, description="real backbones: video height in pixels")
     width: int = Field(832, ge=8, description="real backbones: video width in pixels")
     max_sequence_length: int | None = Field(None, ge=1, description="text tokens; default: the model's own "
-                                            "(Wan 512, CogVideoX 226, HunyuanVideo 256)")
+                                            "(its adapter's default_max_sequence_length)")
     embedded_guidance_scale: float = Field(6.0, gt=0.0, description="HunyuanVideo: the guidance scale it embeds")
+
+    @field_validator("backbone")
+    @classmethod
+    def _registered(cls, backbone: str) -> str:
+        from dcm.models import BACKBONES  # the registry of adapters, which sits above this layer
+
+        if backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone; allowed: {', '.join(BACKBONES)} (dcm.models.BACKBONES)")
+        return backbone
 
     @model_validator(mode="after")
     def _path_for_real(self) -> ModelParams:
@@ -110,15 +119,6 @@ class ModelParams(_Section):
         if self.toy_world:
             return world.frames, world.size, world.size
         return self.frames, self.height, self.width
-
-    def backbone_options(self) -> dict[str, Any]:
-        """Loader options of a real backbone (``dcm.models.load_backbone``)."""
-        options: dict[str, Any] = {}
-        if self.max_sequence_length:
-            options["max_sequence_length"] = self.max_sequence_length
-        if self.backbone == "hunyuanvideo":
-            options["embedded_guidance_scale"] = self.embedded_guidance_scale
-        return options
 
 
 class TeacherParams(_Section):
@@ -360,9 +360,11 @@ class Params(_Section):
             if "dcm" in self.sample.methods and (steps // 2 > n - k or steps // 2 > k):
                 raise ValueError(f"sample.steps has {steps}: dcm takes {steps // 2} steps in [{n}, {k}] and "
                                  f"{steps // 2} in [{k}, 0], which boundary = {k} on a {n}-step grid cannot hold")
-        if self.sample.schedule == "stock" and self.model.backbone == "cogvideox":
-            raise ValueError("sample.schedule = 'stock' is the flow-matching scheduler's schedule; CogVideoX samples "
-                             "its own DDIM grid (use sample.schedule = 'grid')")
+        from dcm.models import backbone_class
+
+        if self.sample.schedule == "stock" and not backbone_class(self.model.backbone).flow_matching:
+            raise ValueError(f"sample.schedule = 'stock' is the flow-matching scheduler's schedule; model.backbone = "
+                             f"{self.model.backbone!r} samples its own grid (use sample.schedule = 'grid')")
         if self.model.backbone == "tiny" and self.ablation.tc and self.semantic.tc_lag >= self.world.frames:
             raise ValueError(f"semantic.tc_lag = {self.semantic.tc_lag} must be below world.frames = "
                              f"{self.world.frames} (the tiny teacher's latents are its frames)")

@@ -14,8 +14,9 @@ def run_teacher(params: Params, layout: Layout = Layout()) -> None:
     if not m.toy_world:
         from dcm.models import backbone_class, write_backbone_link
 
-        backbone_class(m.backbone).check(m.path)
-        write_backbone_link(layout.teacher_model, m.backbone, m.path, **m.backbone_options())
+        adapter = backbone_class(m.backbone)
+        adapter.check(m.path)
+        write_backbone_link(layout.teacher_model, m.backbone, m.path, **adapter.loader_options(m))
         return
     from dcm.teacher.training import train_teacher
 
