@@ -22,8 +22,8 @@ from dcm.config import load_params
 from dcm.experts import ParameterEfficientExpert, count_parameters
 from dcm.models import build_tiny_backbone, load_backbone
 from dcm.layout import Layout
-from dcm.pipeline.distill import run_distill
-from dcm.pipeline.trajectories import run_trajectories
+from dcm.stages.distill import run_distill
+from dcm.stages.trajectories import run_trajectories
 
 
 def main() -> None:

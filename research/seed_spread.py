@@ -19,7 +19,7 @@ from pathlib import Path
 from dcm.config import load_params
 from dcm.models import load_backbone
 from dcm.layout import Layout
-from dcm.pipeline.distill import run_distill
+from dcm.stages.distill import run_distill
 from dcm.sampling import sample
 from dcm.students import load_sampler
 from dcm.data.splits import toy_items

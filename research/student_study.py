@@ -2,7 +2,7 @@
 validation split with the same effort for every method.
 
 Each run trains one student stage (``semantic``, ``detail``, ``lcm`` or ``pcm``) with the stage's own
-code (``dcm.pipeline.distill.run_distill``) in its own folder, on the committed teacher and on a
+code (``dcm.stages.distill.run_distill``) in its own folder, on the committed teacher and on a
 shared set of teacher trajectories, and records the student's 4-step validation curve (the trainer's
 ``distill.validate_every`` check on the *validation* split, never the held-out one). A detail run
 trains on top of a finished semantic run (``--semantic``), as the pipeline does. Runs checkpoint and
@@ -91,7 +91,7 @@ def trajectories(args: argparse.Namespace) -> None:
     """Generate ``--videos`` teacher trajectories (params.yaml's guidance and seed) into the study folder."""
     from dcm.config import load_params
     from dcm.layout import Layout
-    from dcm.pipeline.trajectories import run_trajectories
+    from dcm.stages.trajectories import run_trajectories
 
     torch.set_num_threads(args.threads)
     root = STUDY_DIR / f"trajectories-root-{args.videos}"

@@ -1,11 +1,6 @@
-"""DVC stage `boundary`: suggest the boundary from the teacher's trajectories (reports/boundary_suggestion.json)."""
+"""DVC stage `boundary` (dvc.yaml); `dcm boundary` runs the same (dcm.stages.run_stage)."""
 
-import logging
-
-from dcm.config import load_params
-from dcm.errors import run_reporting_user_errors
-from dcm.pipeline.boundary import run_boundary
+from dcm.stages import run_stage
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_reporting_user_errors(lambda: run_boundary(load_params("params.yaml")))
+    run_stage("boundary")

@@ -1,11 +1,6 @@
-"""DVC stage `evaluate`: read params.yaml, call the library, write this stage's outputs."""
+"""DVC stage `evaluate` (dvc.yaml); `dcm evaluate` runs the same (dcm.stages.run_stage)."""
 
-import logging
-
-from dcm.config import load_params
-from dcm.errors import run_reporting_user_errors
-from dcm.pipeline.evaluate import run_evaluate
+from dcm.stages import run_stage
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_reporting_user_errors(lambda: run_evaluate(load_params("params.yaml")))
+    run_stage("evaluate")

@@ -4,9 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from dcm.config import Params, parse_params
+from dcm.config import Params, load_params
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+#: what users run: every test configuration is this, scaled down
+PRODUCTION = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +26,16 @@ def one_thread():
 
 @pytest.fixture
 def world():
-    return Params().world.to_config()
+    return PRODUCTION.world.to_config()
 
 
+#: params.yaml scaled down: a smaller transformer, fewer steps, videos and grid points; every other
+#: setting (shift, recipe, targets, guidance, heads) is the production one
 MICRO = {
     "model": {"tiny": {"num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 16, "ffn_dim": 32,
                        "freq_dim": 16, "text_dim": 16, "text_layers": 1, "text_heads": 1}},
-    "teacher": {"steps": 6, "batch_size": 2, "warmup_steps": 2, "checkpoint_every": 3, "eval_every": 6,
-                "eval_prompts": 2, "eval_sample_steps": 2},
+    "teacher": {"steps": 6, "restarts": [], "batch_size": 2, "warmup_steps": 2, "checkpoint_every": 3,
+                "eval_every": 6, "eval_prompts": 2, "eval_sample_steps": 2},
     "teacher_eval": {"videos": 3, "batch_size": 2},
     "flow": {"steps": 4},
     "boundary": 2,
@@ -41,13 +46,14 @@ MICRO = {
 
 @pytest.fixture
 def micro_params() -> Params:
-    """A model and schedule small enough to train a few steps in seconds."""
-    return parse_params(MICRO)
+    """The production params with a model and schedule small enough to train a few steps in seconds."""
+    return PRODUCTION.with_overrides(MICRO)
 
 
 MICRO_DISTILL = {
     "trajectories": {"videos": 4, "batch_size": 2, "shard_size": 2},
-    "distill": {"batch_size": 2, "checkpoint_every": 2, "bucket_every": 2, "buckets": 4, "log_every": 1},
+    "distill": {"batch_size": 2, "checkpoint_every": 2, "bucket_every": 2, "buckets": 4, "log_every": 1,
+                "validate_videos": 4},
     "semantic": {"steps": 3},
     "detail": {"steps": 3, "lora_rank": 2, "lora_alpha": 4.0, "head_width": 8, "feature_stride": 1},
     "lcm": {"steps": 2},
@@ -73,7 +79,8 @@ def micro_teacher(tmp_path_factory) -> Path:
 
     from dcm.teacher.training import train_teacher
 
-    params = parse_params({**MICRO, "teacher": {**MICRO["teacher"], "steps": 30, "batch_size": 4, "eval_every": 1000}})
+    params = PRODUCTION.with_overrides({**MICRO, "teacher": {**MICRO["teacher"], "steps": 30, "batch_size": 4,
+                                                             "eval_every": 1000}})
     out = tmp_path_factory.mktemp("micro_teacher")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -87,7 +94,11 @@ def micro_teacher(tmp_path_factory) -> Path:
 @pytest.fixture
 def workspace(tmp_path, monkeypatch, micro_teacher):
     """A working directory holding the trained micro teacher, as the stages expect it."""
+    import mlflow
+
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)  # an earlier test's stage run set this process's URI to its own store
     shutil.copytree(micro_teacher, tmp_path / "artifacts/teacher/model")
     return tmp_path

@@ -21,8 +21,8 @@ from accelerate.state import AcceleratorState, PartialState  # noqa: E402
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin  # noqa: E402
 
 from dcm.config import load_params  # noqa: E402
-from dcm.launch import FSDP_BLOCKS  # noqa: E402
-from dcm.pipeline.distill import run_distill  # noqa: E402
+from dcm.launch import fsdp_blocks  # noqa: E402
+from dcm.stages.distill import run_distill  # noqa: E402
 
 if __name__ == "__main__":
     stage, mode = sys.argv[1:3]
@@ -36,7 +36,7 @@ if __name__ == "__main__":
         state.distributed_type = DistributedType.FSDP
         state.fsdp_plugin = FullyShardedDataParallelPlugin(
             fsdp_version=1, sharding_strategy="FULL_SHARD", auto_wrap_policy="transformer_based_wrap",
-            transformer_cls_names_to_wrap=list(FSDP_BLOCKS[params.model.backbone]),
+            transformer_cls_names_to_wrap=fsdp_blocks(params),
             state_dict_type="FULL_STATE_DICT", use_orig_params=True, cpu_ram_efficient_loading=False,
             sync_module_states=False,  # its broadcast set-up asks for a GPU; every rank loads the same weights
         )

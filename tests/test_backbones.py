@@ -135,6 +135,32 @@ def test_missing_subfolder_is_a_backbone_error_naming_it(tmp_path, kind):
         load_backbone(tmp_path, kind=kind)
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_fsdp_units_are_the_transformer_blocks_among_its_own_no_split_modules(backbones, case):
+    """One FSDP unit per transformer block, named by diffusers' _no_split_modules; the image-to-video
+    blocks HunyuanVideo's class also names are not built by this text-to-video model (accelerate would
+    reject them)."""
+    backbone = backbones[case]
+    blocks = backbone.fsdp_blocks()
+    assert set(blocks) == {type(block).__name__ for block in backbone.feature_blocks()}
+    assert set(blocks) <= set(type(backbone.transformer)._no_split_modules)
+    if backbone.kind == "hunyuanvideo":
+        assert blocks == ("HunyuanVideoTransformerBlock", "HunyuanVideoSingleTransformerBlock")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_skeleton_from_the_configs_alone_is_the_loaded_structure(backbones, checkpoints, case):
+    """Parameter counts, FSDP units and copied layers of a model read without its weights (dcm estimate,
+    dcm.launch) are those of the loaded model."""
+    backbone = backbones[case]
+    skeleton = BACKBONES[backbone.kind].skeleton(Params().model, checkpoints[case])
+    assert next(skeleton.transformer.parameters()).is_meta
+    assert sum(p.numel() for p in skeleton.transformer.parameters()) == sum(
+        p.numel() for p in backbone.transformer.parameters())
+    assert skeleton.fsdp_blocks() == backbone.fsdp_blocks()
+    assert skeleton.timestep_layers == backbone.timestep_layers
+
+
 @pytest.mark.parametrize("case", ["wan", "cogvideox-1.5", "hunyuanvideo"])
 def test_save_pretrained_round_trips(backbones, tmp_path, case):
     backbone = backbones[case]

@@ -8,8 +8,8 @@ import torch
 from dcm.boundary import knee, suggest
 from dcm.data.trajectories import Trajectories, TrajectorySpec
 from dcm.layout import Layout
-from dcm.pipeline.boundary import run_boundary
-from dcm.pipeline.trajectories import run_trajectories
+from dcm.stages.boundary import run_boundary
+from dcm.stages.trajectories import run_trajectories
 from dcm.world.render import WorldConfig, render_batch, to_video
 from dcm.world.grammar import Prompt
 

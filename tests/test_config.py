@@ -25,6 +25,18 @@ def test_repository_params_are_valid_and_spell_out_every_key():
     assert _dotted(raw) == set(Params().flat())
 
 
+def test_the_code_defaults_are_the_repository_params():
+    """One set of defaults: a key a params file leaves out takes the value params.yaml runs."""
+    assert Params() == load_params(ROOT / "params.yaml")
+
+
+@pytest.mark.parametrize("section", sorted(k for k, v in Params().model_dump().items() if isinstance(v, dict)))
+def test_a_section_given_in_part_is_completed_with_the_repository_values(section):
+    """An empty (or partial) section takes its class's defaults, which must be the same values (``lcm``
+    and ``pcm`` share a schema but not their defaults)."""
+    assert parse_params({section: {}}) == load_params(ROOT / "params.yaml")
+
+
 @pytest.mark.parametrize("data, key, allowed", [
     ({"teacher": {"lr": -1}}, "teacher.lr = -1", "greater than 0"),
     ({"teacher": {"timestep_sampling": "cosine"}}, "teacher.timestep_sampling = 'cosine'", "uniform"),
@@ -32,6 +44,7 @@ def test_repository_params_are_valid_and_spell_out_every_key():
     ({"boundary": 50}, "boundary", "[1, 49]"),
     ({"teacher": {"lrr": 0.1}}, "teacher.lrr", "Extra inputs are not permitted"),
     ({"world": {"speed_min": 3.0, "speed_max": 2.0}}, "world", "speed_max"),
+    ({"model": {"backbone": "sdxl"}}, "model.backbone = 'sdxl'", "allowed: tiny, wan, cogvideox, hunyuanvideo"),
 ])
 def test_bad_values_name_key_value_and_allowed_range(data, key, allowed):
     with pytest.raises(ParamsError) as err:
@@ -86,7 +99,7 @@ def test_a_key_merged_in_with_yaml_merge_may_be_overridden(tmp_path):
 def test_flat_params_use_dotted_keys():
     flat = Params().flat()
     assert flat["teacher.lr"] == Params().teacher.lr
-    assert flat["boundary"] == 35
+    assert flat["boundary"] == Params().boundary == 11
     assert flat["model.tiny.num_layers"] == Params().model.tiny.num_layers
 
 
@@ -100,3 +113,17 @@ def test_no_default_text_value_changes_type_when_dvc_writes_it_unquoted():
     for key, value in Params().flat().items():
         if isinstance(value, str):
             assert yaml.safe_load(f"k: {value}")["k"] == value, key
+
+
+def test_a_backbone_is_allowed_once_it_is_registered(monkeypatch):
+    """model.backbone takes the names of dcm.models.BACKBONES: a new adapter is its module and a line there."""
+    from dcm.models import BACKBONES, WanBackbone
+
+    class Wan22Backbone(WanBackbone):
+        kind = "wan2.2"
+
+    new = {"model": {"backbone": "wan2.2", "path": "/models/wan2.2"}}
+    with pytest.raises(ParamsError, match="allowed: "):
+        parse_params(new)
+    monkeypatch.setitem(BACKBONES, Wan22Backbone.kind, Wan22Backbone)
+    assert parse_params(new).model.backbone == "wan2.2"

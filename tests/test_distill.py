@@ -21,8 +21,8 @@ from dcm.distill.methods import StudentPlan
 from dcm.io import load_checkpoint
 from dcm.launch import LAUNCHED_MARKERS
 from dcm.layout import CHECKPOINT
-from dcm.pipeline.distill import run_distill
-from dcm.pipeline.trajectories import run_trajectories
+from dcm.stages.distill import run_distill
+from dcm.stages.trajectories import run_trajectories
 
 from conftest import with_overrides
 
@@ -131,7 +131,9 @@ def test_the_g_weight_ramps_up_and_adapts_to_the_consistency_gradient(workspace,
 
 
 def test_kill_9_then_rerun_ends_with_the_same_weights(workspace, micro_distill):
+    """The pipeline's EMA target (params.yaml's distill.target) is resumed from the checkpoint with the student."""
     params = with_overrides(micro_distill, {"semantic": {"steps": 40}, "distill": {"checkpoint_every": 5}})
+    assert params.distill.target == "ema"
     run_trajectories(params)
     run_distill(params, "semantic")
     (ART / "semantic").rename(ART / "straight")
@@ -146,8 +148,9 @@ def test_kill_9_then_rerun_ends_with_the_same_weights(workspace, micro_distill):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
-    killed_at = load_checkpoint(ckpt)["step"]
-    assert 0 < killed_at < 40
+    killed = load_checkpoint(ckpt)
+    killed_at = killed["step"]
+    assert 0 < killed_at < 40 and killed["ema"]
     assert not (ART / "semantic" / "model").exists()
 
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -24,12 +24,11 @@ import yaml
 from typer.testing import CliRunner
 
 from dcm.cli import app
-from dcm.config import parse_params
 from dcm.layout import Layout
 from dcm.students import StudentRecord, learned_values
 from dcm.tracking import TrackingServerError, check_tracking_server
 
-from conftest import MICRO, MICRO_DISTILL
+from conftest import MICRO, MICRO_DISTILL, PRODUCTION
 
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS = {**MICRO, **MICRO_DISTILL}
@@ -42,7 +41,7 @@ def _teacher(root: Path, micro_teacher: Path) -> None:
 def _manifest(root: Path, micro_teacher: Path, **spec) -> None:
     """A teacher and a trajectory manifest (no shards: the checks before loading read the spec only)."""
     _teacher(root, micro_teacher)
-    params = parse_params(PARAMS)
+    params = PRODUCTION.with_overrides(PARAMS)
     steps = params.flow.steps
     body = {"steps": steps, "shift": params.flow.shift, "guidance_scale": params.trajectories.guidance_scale,
             "shape": [3, 8, 32, 32], "dtype": "float16", "stored": list(range(steps + 1)), **spec}
@@ -54,7 +53,7 @@ def _manifest(root: Path, micro_teacher: Path, **spec) -> None:
 def _records(root: Path, micro_teacher: Path) -> None:
     """A teacher and the four students' records, trained with the micro params (boundary 2)."""
     _teacher(root, micro_teacher)
-    params = parse_params(PARAMS)
+    params = PRODUCTION.with_overrides(PARAMS)
     for stage, kind in (("semantic", "full"), ("detail", "pe"), ("lcm", "full"), ("pcm", "full")):
         directory = Layout(root).student(stage)
         directory.mkdir(parents=True)
@@ -137,7 +136,7 @@ CASES = [
     Case("teacher_eval before the teacher", ["teacher-eval"], ["backbone.json is missing"]),
     Case("semantic before the trajectories", ["semantic"], ["trajectories/manifest.json is missing",
                                                             "dvc repro trajectories"], setup=_teacher),
-    Case("trajectories of other settings", ["semantic"], ["made with other settings", "shift 5.0 there, 3.0 now",
+    Case("trajectories of other settings", ["semantic"], ["made with other settings", "shift 5.0 there, 17.0 now",
                                                           "rerun the trajectories stage"],
          setup=lambda root, teacher: _manifest(root, teacher, shift=5.0)),
     Case("detail before semantic", ["detail"], ["semantic student is missing", "dvc repro semantic"],
@@ -176,7 +175,7 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(case, tmp_path, monkeypa
     if isinstance(case.params, str):
         (tmp_path / "params.yaml").write_text(case.params)
     else:
-        overridden = parse_params(PARAMS).model_dump(mode="json")
+        overridden = PRODUCTION.with_overrides(PARAMS).model_dump(mode="json")
         for key, value in case.params.items():
             overridden[key] = {**overridden[key], **value} if isinstance(value, dict) else value
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(overridden))

@@ -10,7 +10,7 @@ from dcm.evaluation.samples import score_samples
 from dcm.evaluation.vbench_runner import vbench_plan, vbench_scores
 from dcm.io import write_manifest, write_mp4
 from dcm.layout import Layout
-from dcm.pipeline.evaluate import run_evaluate
+from dcm.stages.evaluate import run_evaluate
 from dcm.world import parse_prompt, render_video
 
 

@@ -9,7 +9,9 @@ from dcm.models.tiny import TinyBackbone, build_tiny_backbone
 
 
 def _inputs(backbone, frames=8, size=32, batch=2):
-    x = torch.randn(batch, 3, frames, size, size)
+    """Raw transformer inputs: as many channels as it takes (the production teacher's coordinate
+    channels included)."""
+    x = torch.randn(batch, backbone.transformer.config.in_channels, frames, size, size)
     text = torch.randn(batch, backbone.max_length, backbone.transformer.config.text_dim)
     return x, torch.tensor([300.0, 700.0][:batch]), text
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from dcm.config import STAGE_PARAMS
+from dcm.stages import STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
@@ -28,6 +29,19 @@ def test_the_package_is_layered():
 
 def test_dvc_params_are_the_stage_params_defined_in_code():
     assert {stage: tuple(spec["params"]) for stage, spec in DVC.items()} == STAGE_PARAMS
+
+
+def test_dvc_runs_every_stage_of_the_registry_as_the_cli_does():
+    """dvc.yaml's commands are dcm.stages.STAGES' scripts, which `dcm <stage>` runs through the same
+    dcm.stages.run_stage; each script is two lines that name its stage."""
+    from dcm.cli import STAGE_COMMANDS
+
+    assert {stage: spec["cmd"] for stage, spec in DVC.items()} == {s.name: s.command for s in STAGES.values()}
+    assert set(STAGE_COMMANDS) == set(STAGES)
+    for stage in STAGES.values():
+        script = (ROOT / stage.script).read_text()
+        assert "from dcm.stages import run_stage" in script and "run_stage(" in script
+        assert _imported_files(ROOT / stage.script) == {SRC / "dcm/__init__.py", SRC / "dcm/stages/__init__.py"}
 
 
 def _module_file(name: str) -> Path | None:
@@ -54,8 +68,13 @@ def _imported_files(path: Path) -> set[Path]:
 
 
 def code_of(script: Path) -> set[Path]:
-    """Every file of the package that a stage script can run."""
-    seen, todo = set(), [script]
+    """Every file of the package that a stage script can run: what it imports, and what
+    dcm.stages.run_stage imports by name for the stages it runs (their module in dcm.stages, and
+    dcm.launch where the stage can re-launch itself)."""
+    stages = [stage for stage in STAGES.values() if ROOT / stage.script == script]
+    named = {SRC / "dcm/stages" / f"{stage.module}.py" for stage in stages}
+    named |= {SRC / "dcm/launch.py" for stage in stages if stage.relaunch}
+    seen, todo = set(named), [script, *named]
     while todo:
         for path in _imported_files(todo.pop()) - seen:
             seen.add(path)

@@ -11,12 +11,12 @@ from dcm.io import read_manifest
 from dcm.models import BackboneError, load_backbone
 from dcm.evaluation.vbench_suite import suite_prompts
 from dcm.layout import Layout
-from dcm.pipeline.boundary import run_boundary
-from dcm.pipeline.distill import run_distill
-from dcm.pipeline.trajectories import run_trajectories
-from dcm.pipeline.evaluate import run_evaluate
-from dcm.pipeline.sample import run_sample
-from dcm.pipeline.teacher import run_teacher
+from dcm.stages.boundary import run_boundary
+from dcm.stages.distill import run_distill
+from dcm.stages.trajectories import run_trajectories
+from dcm.stages.evaluate import run_evaluate
+from dcm.stages.sample import run_sample
+from dcm.stages.teacher import run_teacher
 from tiny_checkpoints import VIDEO_SHAPES, make_tiny_checkpoint
 
 from conftest import MICRO_DISTILL

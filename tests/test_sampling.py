@@ -30,11 +30,12 @@ def test_baselines_spread_steps_over_the_grid_and_pcm_lands_on_its_phase_edges()
 def test_the_undistilled_control_is_the_teacher_with_its_cfg_on_lcms_schedule(tmp_path, micro_params):
     from dcm.sampling import method_sigmas
 
-    backbone = build_tiny_backbone(micro_params.model.tiny)
-    control = load_sampler("undistilled", 2, backbone, micro_params, Layout(tmp_path))  # needs no student
+    params = micro_params.with_overrides({"trajectories": {"guidance_scale": 3.0}})  # a CFG teacher
+    backbone = build_tiny_backbone(params.model.tiny)
+    control = load_sampler("undistilled", 2, backbone, params, Layout(tmp_path))  # needs no student
     assert control.semantic is backbone.transformer and control.detail is None
-    assert control.guidance_scale == micro_params.trajectories.guidance_scale > 1
-    assert control.sigmas == method_sigmas("lcm", 2, backbone, micro_params)
+    assert control.guidance_scale == 3.0
+    assert control.sigmas == method_sigmas("lcm", 2, backbone, params)
     assert schedule("undistilled", 4, 50, 35) == schedule("lcm", 4, 50, 35)
 
 

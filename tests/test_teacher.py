@@ -152,7 +152,7 @@ def test_the_sampling_grid_shift_is_part_of_the_checkpoint_only_when_training_dr
     own_shift = micro_params.with_overrides({"teacher": {"train_shift": 1.0}})
     train_teacher(own_shift, tmp_path / "own")
     steps_taken.clear()
-    longer = {"flow": {"shift": 17.0}, "teacher": {"steps": 8, "restarts": [6]}}
+    longer = {"flow": {"shift": 3.0}, "teacher": {"steps": 8, "restarts": [6]}}  # another grid shift
     train_teacher(own_shift.with_overrides(longer), tmp_path / "own")
     assert steps_taken == [6, 7]  # continued: the grid's shift never reached a training step
     shared = micro_params.with_overrides({"teacher": {"train_shift": None}})

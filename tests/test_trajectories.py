@@ -11,7 +11,7 @@ from dcm import flow
 from dcm.data.trajectories import TrajectoryError, TrajectorySpec, load
 from dcm.guidance import initial_noise
 from dcm.models import load_backbone
-from dcm.pipeline.trajectories import run_trajectories
+from dcm.stages.trajectories import run_trajectories
 from dcm.sampling import sample, teacher_sampler
 
 from conftest import with_overrides
@@ -45,14 +45,16 @@ def test_trajectories_are_the_guided_teacher_ode(workspace, micro_distill):
 
 def test_each_stored_step_is_one_guided_euler_step_of_the_teacher(workspace, micro_distill):
     """x_{k-1} = x_k + (sigma_{k-1} - sigma_k) * (v_u + w * (v_c - v_u)), written out here and not
-    through dcm.flow or dcm.guidance, so a wrong sign or guidance formula there fails."""
-    run_trajectories(micro_distill)
-    data = load(OUT, _spec(micro_distill))
+    through dcm.flow or dcm.guidance, so a wrong sign or guidance formula there fails (with CFG: the
+    production teacher's scale 1 would leave the unconditional branch out)."""
+    params = with_overrides(micro_distill, {"trajectories": {"guidance_scale": 3.0}})
+    run_trajectories(params)
+    data = load(OUT, _spec(params))
     backbone = load_backbone(TEACHER)
     text = backbone.encode_prompts(data.prompts[:2])
     empty = backbone.encode_prompts([""]).expand(2, -1, -1)
-    w = micro_distill.trajectories.guidance_scale
-    for k in range(micro_distill.flow.steps, 0, -1):
+    w = params.trajectories.guidance_scale
+    for k in range(params.flow.steps, 0, -1):
         x = data.latents[:2, k].float()
         sigma = torch.full((2,), float(data.sigmas[k]))
         with torch.no_grad():

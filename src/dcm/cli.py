@@ -1,7 +1,8 @@
 """``dcm``: run single pipeline stages and inspect the toy world from the command line.
 
 Every command reads ``params.yaml`` (``--params`` to choose another file), validates it
-before doing anything heavy, and logs one MLflow run per stage. An error in the user's input
+before doing anything heavy, and logs one MLflow run per stage. A stage command runs what its
+``stages/*.py`` script runs (:func:`dcm.stages.run_stage`). An error in the user's input
 (:class:`dcm.errors.DcmError`) is one line on stderr and exit code 2; ``--verbose`` shows its
 traceback.
 """
@@ -10,13 +11,15 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from dcm.config import load_params
-from dcm.errors import EXIT_USER_ERROR, DcmError, UsageError
+from dcm.errors import UsageError, reporting_user_errors
+from dcm.stages import run_stage, setup_logging
 
 app = typer.Typer(
     help="Dual-Expert Consistency Model distillation for text-to-video diffusion.\n\n"
@@ -34,8 +37,7 @@ _verbose = {"on": False}
 def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging, and tracebacks of "
                                         "input errors")) -> None:
     _verbose["on"] = verbose
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(verbose)
 
 
 def command(*args, **kwargs):
@@ -43,13 +45,8 @@ def command(*args, **kwargs):
     def register(fn):
         @functools.wraps(fn)
         def run(*a, **k):
-            try:
+            with reporting_user_errors(_verbose["on"]):
                 return fn(*a, **k)
-            except DcmError as err:
-                if _verbose["on"]:
-                    raise
-                typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-                raise typer.Exit(EXIT_USER_ERROR) from None
         return app.command(*args, **kwargs)(run)
     return register
 
@@ -60,107 +57,73 @@ def params(path: Path = ParamsOption) -> None:
     typer.echo(json.dumps(load_params(path).model_dump(), indent=2))
 
 
-@command()
-def teacher(path: Path = ParamsOption) -> None:
-    """Train the tiny teacher by flow matching on the toy world (resumes from its checkpoint).
-
-    Writes artifacts/teacher/checkpoint.safetensors every `teacher.checkpoint_every` steps and the EMA
-    model to artifacts/teacher/model/. Kill it at any time; rerunning continues. With a real
-    backbone (model.backbone: wan | cogvideox | hunyuanvideo) nothing is trained: model.path is
-    checked and artifacts/teacher/model/backbone.json points at it.
-    """
-    from dcm.pipeline.teacher import run_teacher
-
-    run_teacher(load_params(path))
-
-
-@command("teacher-eval")
-def teacher_eval(path: Path = ParamsOption) -> None:
-    """Sample the trained teacher on held-out seeds and write reports/teacher.md, its frame
-    grid, the mp4s (with manifest.jsonl) and metrics."""
-    from dcm.pipeline.teacher_eval import run_teacher_eval
-
-    run_teacher_eval(load_params(path))
-
-
-@command()
-def trajectories(path: Path = ParamsOption) -> None:
-    """Generate the teacher's CFG-guided ODE trajectories on the flow.steps grid into
-    artifacts/trajectories/ (shards + manifest.json). Finished shards are skipped on rerun;
-    with launch.num_processes > 1 it re-launches itself under `accelerate launch` and each process
-    writes its own shards."""
-    from dcm.launch import relaunch
-    from dcm.pipeline.trajectories import run_trajectories
-
-    params = load_params(path)
-    relaunch(params)
-    run_trajectories(params)
-
-
-@command("boundary")
-def boundary_cmd(path: Path = ParamsOption) -> None:
-    """Suggest the boundary from the teacher's trajectories (run `dcm trajectories` first): the grid
-    index where the toy world's layout and motion are committed in 90% of the trajectories (for a
-    real backbone, the knee of the normalised adjacent-step change). Prints it and writes
-    reports/boundary_suggestion.json and reports/boundary_suggestion.png; params.yaml is not changed."""
-    from dcm.pipeline.boundary import run_boundary
-
-    suggestion = run_boundary(load_params(path))
+def _show_boundary(suggestion) -> None:
     typer.echo(f"suggested boundary: {suggestion.boundary} (sigma {suggestion.sigma:.4f}, {suggestion.method}); "
                f"set it with `dvc exp run -S boundary={suggestion.boundary}` or in params.yaml")
 
 
-def _distill_command(stage: str, doc: str):
+#: every DVC stage's command: its help text and what it prints of the stage's result
+STAGE_COMMANDS: dict[str, tuple[str, Callable[[Any], None] | None]] = {
+    "teacher": (
+        "Train the tiny teacher by flow matching on the toy world (resumes from its checkpoint).\n\n"
+        "Writes artifacts/teacher/checkpoint.safetensors every `teacher.checkpoint_every` steps and the EMA\n"
+        "model to artifacts/teacher/model/. Kill it at any time; rerunning continues. With a real\n"
+        "backbone (model.backbone: wan | cogvideox | hunyuanvideo) nothing is trained: model.path is\n"
+        "checked and artifacts/teacher/model/backbone.json points at it.", None),
+    "teacher_eval": (
+        "Sample the trained teacher on held-out seeds and write reports/teacher.md, its frame\n"
+        "grid, the mp4s (with manifest.jsonl) and metrics.", None),
+    "trajectories": (
+        "Generate the teacher's CFG-guided ODE trajectories on the flow.steps grid into\n"
+        "artifacts/trajectories/ (shards + manifest.json). Finished shards are skipped on rerun;\n"
+        "with launch.num_processes > 1 it re-launches itself under `accelerate launch` and each process\n"
+        "writes its own shards.", None),
+    "boundary": (
+        "Suggest the boundary from the teacher's trajectories (run `dcm trajectories` first): the grid\n"
+        "index where the toy world's layout and motion are committed in 90% of the trajectories (for a\n"
+        "real backbone, the knee of the normalised adjacent-step change). Prints it and writes\n"
+        "reports/boundary_suggestion.json and reports/boundary_suggestion.png; params.yaml is not changed.",
+        _show_boundary),
+    "semantic": (
+        "Train the semantic expert on the noise-side sub-trajectory [flow.steps, boundary] "
+        "(full fine-tune from the teacher, + temporal coherence loss with ablation.tc). With "
+        "ablation.od=false, train one vanilla model over both sub-trajectories instead.", None),
+    "detail": (
+        "Train the detail expert on [boundary, 0]: LoRA + copied timestep layers on the frozen "
+        "semantic expert (ablation.pe) or a full fine-tune (OD), with GAN + feature matching on teacher "
+        "features (ablation.gf). Writes nothing to train when ablation.od=false.", None),
+    "lcm": ("Train the LCM baseline: one student, one phase over the whole trajectory.", None),
+    "pcm": ("Train the PCM baseline: one student, pcm.phases phases over the whole trajectory.", None),
+    "sample": (
+        "Sample every method of sample.methods (teacher at flow.steps with CFG; undistilled, the teacher\n"
+        "with CFG, and lcm, pcm and dcm with guidance 1 at each of sample.steps) on the same held-out prompts "
+        "and initial noise, into\n"
+        "artifacts/samples/<method>@<steps>/ (mp4 + manifest.jsonl), and time each one.", None),
+    "evaluate": (
+        "Score artifacts/samples: toy-world Semantic/Quality/Total, PSNR and SSIM against the teacher,\n"
+        "and VBench (temporal_flickering, plus any dimension whose weights are under $VBENCH_CACHE_DIR).\n"
+        "Writes reports/metrics.json and reports/evaluation/videos.csv.", None),
+    "report": (
+        "Write reports/report.md (Table 1 and Table 3 analogs) and reports/figures/ (loss and grad norm by\n"
+        "noise level, adjacent-step L1 with the boundary, parameter change by module type, and a 4-step\n"
+        "side-by-side grid and GIF); log all of it to MLflow.", None),
+}
+
+
+def _stage_command(stage: str, help_text: str, show: Callable[[Any], None] | None) -> None:
+    """Register ``dcm <stage>`` (``-`` for ``_``): the DVC stage run as its script runs it
+    (:func:`dcm.stages.run_stage`, which reports input errors itself)."""
     def run(path: Path = ParamsOption) -> None:
-        from dcm.launch import relaunch
-        from dcm.pipeline.distill import run_distill
+        result = run_stage(stage, path, _verbose["on"])
+        if show is not None:
+            show(result)
 
-        params = load_params(path)
-        relaunch(params)  # under `accelerate launch` when launch.* asks for more processes
-        run_distill(params, stage)
-
-    run.__doc__ = doc
-    command(stage)(run)
+    run.__doc__ = help_text
+    app.command(stage.replace("_", "-"))(run)
 
 
-_distill_command("semantic", "Train the semantic expert on the noise-side sub-trajectory [flow.steps, boundary] "
-                 "(full fine-tune from the teacher, + temporal coherence loss with ablation.tc). With "
-                 "ablation.od=false, train one vanilla model over both sub-trajectories instead.")
-_distill_command("detail", "Train the detail expert on [boundary, 0]: LoRA + copied timestep layers on the frozen "
-                 "semantic expert (ablation.pe) or a full fine-tune (OD), with GAN + feature matching on teacher "
-                 "features (ablation.gf). Writes nothing to train when ablation.od=false.")
-_distill_command("lcm", "Train the LCM baseline: one student, one phase over the whole trajectory.")
-_distill_command("pcm", "Train the PCM baseline: one student, pcm.phases phases over the whole trajectory.")
-
-
-@command("sample")
-def sample_cmd(path: Path = ParamsOption) -> None:
-    """Sample every method of sample.methods (teacher at flow.steps with CFG; undistilled, the teacher
-    with CFG, and lcm, pcm and dcm with guidance 1 at each of sample.steps) on the same held-out prompts and initial noise, into
-    artifacts/samples/<method>@<steps>/ (mp4 + manifest.jsonl), and time each one."""
-    from dcm.pipeline.sample import run_sample
-
-    run_sample(load_params(path))
-
-
-@command("evaluate")
-def evaluate_cmd(path: Path = ParamsOption) -> None:
-    """Score artifacts/samples: toy-world Semantic/Quality/Total, PSNR and SSIM against the teacher,
-    and VBench (temporal_flickering, plus any dimension whose weights are under $VBENCH_CACHE_DIR).
-    Writes reports/metrics.json and reports/evaluation/videos.csv."""
-    from dcm.pipeline.evaluate import run_evaluate
-
-    run_evaluate(load_params(path))
-
-
-@command("report")
-def report_cmd(path: Path = ParamsOption) -> None:
-    """Write reports/report.md (Table 1 and Table 3 analogs) and reports/figures/ (loss and grad norm by
-    noise level, adjacent-step L1 with the boundary, parameter change by module type, and a 4-step
-    side-by-side grid and GIF); log all of it to MLflow."""
-    from dcm.pipeline.report import run_report
-
-    run_report(load_params(path))
+for _stage, (_help, _show) in STAGE_COMMANDS.items():
+    _stage_command(_stage, _help, _show)
 
 
 @command()

@@ -29,9 +29,9 @@ class WorldParams(_Section):
 
     frames: int = Field(8, ge=4, le=64, description="frames per video")
     size: int = Field(32, ge=16, le=256, description="frame height and width in pixels")
-    object_radius: float = Field(5.0, gt=1.0, description="object radius (px) for a circle; others equal-area")
+    object_radius: float = Field(6.0, gt=1.0, description="object radius (px) for a circle; others equal-area")
     speed_min: float = Field(1.0, gt=0.0, description="slowest speed, px per frame")
-    speed_max: float = Field(2.0, gt=0.0, description="fastest speed, px per frame")
+    speed_max: float = Field(1.6, gt=0.0, description="fastest speed, px per frame")
     texture_period: int = Field(4, ge=2, le=16, description="period of stripes and checker, px")
     textures: Literal["periodic", "random"] = Field(
         "periodic", description="periodic: the seed picks one of texture_period^2 phases (the first world); random: "
@@ -56,7 +56,7 @@ class WorldParams(_Section):
 class FlowParams(_Section):
     """The flow-matching grid shared by the teacher and every student (``dcm.flow``)."""
 
-    shift: float = Field(3.0, ge=1.0, le=50.0, description="sigma shift s(u) = shift*u/(1+(shift-1)*u)")
+    shift: float = Field(17.0, ge=1.0, le=50.0, description="sigma shift s(u) = shift*u/(1+(shift-1)*u)")
     steps: int = Field(50, ge=2, le=1000, description="teacher Euler steps N; grid indices 0 (clean) .. N (noise)")
 
 
@@ -75,26 +75,35 @@ class TinyModelParams(_Section):
     text_max_length: int = Field(16, ge=10, description="tokens per prompt (toy prompts have 9 words)")
     text_seed: int = Field(0, description="seed of the frozen random text encoder")
     init: Literal["adaln_zero", "default"] = Field("adaln_zero", description="DiT's adaLN-Zero, or diffusers' default")
-    coordinate_channels: bool = Field(False, description="concatenate (t, y, x) coordinates to the input as "
+    coordinate_channels: bool = Field(True, description="concatenate (t, y, x) coordinates to the input as "
                                       "extra channels (in_channels > out_channels, as Wan's image-to-video model)")
     prediction: Literal["velocity", "sample"] = Field(
-        "velocity", description="what the transformer outputs: the flow velocity, or the clean sample "
+        "sample", description="what the transformer outputs: the flow velocity, or the clean sample "
         "(converted to a velocity, so every stage still sees a velocity model)")
 
 
 class ModelParams(_Section):
     """Which backbone: the embedded tiny teacher, or a real checkpoint in a local diffusers directory."""
 
-    backbone: Literal["tiny", "wan", "cogvideox", "hunyuanvideo"] = Field(
-        "tiny", description="tiny (trained by the teacher stage) or a real model loaded from model.path")
+    backbone: str = Field("tiny", description="tiny (trained by the teacher stage) or a real model loaded from "
+                          "model.path: a name in dcm.models.BACKBONES")
     tiny: TinyModelParams = TinyModelParams()
     path: str | None = Field(None, description="local diffusers directory of a real backbone (never downloaded)")
     frames: int = Field(81, ge=1, description="real backbones: video frames (the tiny world uses world.frames)")
     height: int = Field(480, ge=8, description="real backbones: video height in pixels")
     width: int = Field(832, ge=8, description="real backbones: video width in pixels")
     max_sequence_length: int | None = Field(None, ge=1, description="text tokens; default: the model's own "
-                                            "(Wan 512, CogVideoX 226, HunyuanVideo 256)")
+                                            "(its adapter's default_max_sequence_length)")
     embedded_guidance_scale: float = Field(6.0, gt=0.0, description="HunyuanVideo: the guidance scale it embeds")
+
+    @field_validator("backbone")
+    @classmethod
+    def _registered(cls, backbone: str) -> str:
+        from dcm.models import BACKBONES  # the registry of adapters, which sits above this layer
+
+        if backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone; allowed: {', '.join(BACKBONES)} (dcm.models.BACKBONES)")
+        return backbone
 
     @model_validator(mode="after")
     def _path_for_real(self) -> ModelParams:
@@ -115,26 +124,17 @@ class ModelParams(_Section):
             return world.frames, world.size, world.size
         return self.frames, self.height, self.width
 
-    def backbone_options(self) -> dict[str, Any]:
-        """Loader options of a real backbone (``dcm.models.load_backbone``)."""
-        options: dict[str, Any] = {}
-        if self.max_sequence_length:
-            options["max_sequence_length"] = self.max_sequence_length
-        if self.backbone == "hunyuanvideo":
-            options["embedded_guidance_scale"] = self.embedded_guidance_scale
-        return options
-
 
 class TeacherParams(_Section):
     """Teacher training by flow matching (``dcm.teacher``)."""
 
-    steps: int = Field(3500, ge=1, description="optimizer steps")
+    steps: int = Field(5500, ge=1, description="optimizer steps")
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0.0, le=1.0, description="peak learning rate (AdamW)")
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine floor as a fraction of lr")
     warmup_steps: int = Field(250, ge=0)
     restarts: list[Annotated[int, Field(ge=1)]] = Field(
-        [], description="steps where the cosine restarts (at restart_lr_ratio of lr) and runs to the next restart "
+        [3000], description="steps where the cosine restarts (at restart_lr_ratio of lr) and runs to the next restart "
         "or to `steps`: a finished run continues with its last step here, and a run from scratch with the same "
         "list takes exactly the same steps")
     restart_lr_ratio: float = Field(0.35, gt=0.0, le=1.0, description="learning rate at each restart, as a "
@@ -143,20 +143,20 @@ class TeacherParams(_Section):
     grad_clip: float = Field(1.0, gt=0.0)
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     caption_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="share of empty prompts, for CFG")
-    timestep_sampling: Literal["uniform", "logit_normal"] = Field("uniform", description="u uniform (then shifted by flow.shift) or logit-normal")
+    timestep_sampling: Literal["uniform", "logit_normal"] = Field("logit_normal", description="u uniform (then shifted by flow.shift) or logit-normal")
     loss: Literal["velocity", "sample"] = Field(
-        "velocity", description="velocity: MSE of the velocity (flow matching; weights a clean-sample error by "
+        "sample", description="velocity: MSE of the velocity (flow matching; weights a clean-sample error by "
         "1/sigma^2, i.e. mostly the low noise levels); sample: MSE of the one-step clean-sample estimate, which "
         "weights the high noise levels, where layout and motion are decided, as much as the low ones")
-    pure_noise_share: float = Field(0.0, ge=0.0, lt=1.0, description="share of each batch trained at sigma 1 "
+    pure_noise_share: float = Field(0.25, ge=0.0, lt=1.0, description="share of each batch trained at sigma 1 "
                                     "exactly, where only the prompt can say where the object is and how it moves")
-    train_shift: float | None = Field(None, ge=1.0, le=50.0, description="shift applied to the training noise "
+    train_shift: float | None = Field(1.0, ge=1.0, le=50.0, description="shift applied to the training noise "
                                       "levels (null: flow.shift); higher spends more training at high noise")
     logit_mean: float = 0.0
     logit_std: float = Field(1.0, gt=0.0)
     checkpoint_every: int = Field(250, ge=1)
     eval_every: int = Field(500, ge=1, description="steps between accuracy checks while training")
-    eval_prompts: int = Field(16, ge=1, description="validation videos per accuracy check")
+    eval_prompts: int = Field(48, ge=1, description="validation videos per accuracy check")
     eval_sample_steps: int = Field(20, ge=2, description="Euler steps of the accuracy check's sampler")
     eval_guidance_scale: float = Field(3.0, ge=1.0, le=20.0, description="CFG scale of the accuracy check")
     seed: int = 0
@@ -173,7 +173,7 @@ class TeacherEvalParams(_Section):
     """Held-out evaluation of the trained teacher (``stages/teacher_eval.py``)."""
 
     videos: int = Field(64, ge=1, description="prompts x held-out seeds to sample")
-    guidance_scale: float = Field(3.0, ge=1.0, le=20.0, description="classifier-free guidance scale")
+    guidance_scale: float = Field(1.0, ge=1.0, le=20.0, description="classifier-free guidance scale")
     batch_size: int = Field(16, ge=1)
     probe_sigmas: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
         [0.2, 0.4, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0],
@@ -184,8 +184,8 @@ class TeacherEvalParams(_Section):
 class TrajectoryParams(_Section):
     """Teacher ODE trajectories (stage ``trajectories``, ``dcm.data.trajectories``)."""
 
-    videos: int = Field(64, ge=1, description="trajectories to generate")
-    guidance_scale: float = Field(3.0, ge=1.0, le=20.0, description="teacher CFG scale the students learn")
+    videos: int = Field(256, ge=1, description="trajectories to generate")
+    guidance_scale: float = Field(1.0, ge=1.0, le=20.0, description="teacher CFG scale the students learn")
     batch_size: int = Field(16, ge=1)
     shard_size: int = Field(16, ge=1, description="videos per shard file (the unit of resume)")
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
@@ -211,7 +211,7 @@ class DistillParams(_Section):
 
     batch_size: int = Field(8, ge=1, description="samples per process per step")
     huber_c: float = Field(0.001, gt=0.0, description="pseudo-Huber c (release: 0.001)")
-    target: Literal["online", "ema"] = Field("online", description="target network (release: online; paper Eq. 4: EMA)")
+    target: Literal["online", "ema"] = Field("ema", description="target network (release: online; paper Eq. 4: EMA)")
     target_ema_decay: float = Field(0.95, ge=0.0, lt=1.0)
     weight_decay: float = Field(1e-3, ge=0.0)
     grad_clip: float = Field(1.0, gt=0.0)
@@ -221,7 +221,7 @@ class DistillParams(_Section):
     buckets: int = Field(10, ge=2, description="noise-level buckets of the probe (paper Fig. 2)")
     validate_every: int = Field(50, ge=0, description="steps between 4-step validation scores of the student "
                                 "(toy world; 0: off): the curve that shows whether it has stopped improving")
-    validate_videos: int = Field(16, ge=1, description="validation-split videos per check")
+    validate_videos: int = Field(32, ge=1, description="validation-split videos per check")
     mixed_precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="autocast with fp32 master weights (release: bf16); needs a GPU for bf16/fp16")
     gradient_checkpointing: bool = Field(False, description="recompute block activations in backward (release: on)")
@@ -238,8 +238,8 @@ class LaunchParams(_Section):
 class SemanticParams(_Section):
     """Semantic expert: full fine-tune on the noise-side sub-trajectory (stage ``semantic``)."""
 
-    steps: int = Field(200, ge=1)
-    lr: float = Field(1e-4, gt=0.0, le=1.0, description="release: 1e-6 for 13B models")
+    steps: int = Field(600, ge=1)
+    lr: float = Field(3e-5, gt=0.0, le=1.0, description="release: 1e-6 for 13B models")
     tc_lag: int = Field(3, ge=1, description="temporal coherence lag in latent frames")
     tc_weight: float = Field(1.0, ge=0.0)
 
@@ -247,7 +247,7 @@ class SemanticParams(_Section):
 class DetailParams(_Section):
     """Detail expert on the clean-side sub-trajectory (stage ``detail``)."""
 
-    steps: int = Field(150, ge=1)
+    steps: int = Field(400, ge=1)
     lr: float = Field(1e-4, gt=0.0, le=1.0, description="LoRA / OD learning rate (release: 5e-6)")
     lora_rank: int = Field(16, ge=1, description="release: 128")
     lora_alpha: float = Field(32.0, gt=0.0, description="release: 256")
@@ -257,7 +257,7 @@ class DetailParams(_Section):
     d_lr: float = Field(1e-4, gt=0.0, description="discriminator lr (release: 1e-5)")
     feature_stride: int = Field(2, ge=1, description="tap every stride-th teacher block")
     head_width: int = Field(64, ge=4, description="discriminator head width (release: 1024)")
-    head_frames: int = Field(1, ge=1, description="token frames the discriminator heads see at once: 1 scores "
+    head_frames: int = Field(3, ge=1, description="token frames the discriminator heads see at once: 1 scores "
                              "each frame alone; 3 convolves 3x3x3 token neighbourhoods across frames")
     g_weighting: Literal["fixed", "adaptive"] = Field(
         "fixed", description="fixed: g_weight (release); adaptive: g_weight x ||grad consistency|| / ||grad G|| at "
@@ -266,11 +266,19 @@ class DetailParams(_Section):
 
 
 class BaselineParams(_Section):
-    """A single-student baseline (stages ``lcm`` and ``pcm``)."""
+    """A single-student baseline (stages ``lcm`` and ``pcm``); these defaults are LCM's."""
 
-    steps: int = Field(200, ge=1)
+    steps: int = Field(150, ge=1)
     lr: float = Field(1e-4, gt=0.0, le=1.0)
     phases: int = Field(1, ge=1, description="PCM phases K (LCM is K = 1)")
+
+
+class PcmParams(BaselineParams):
+    """The PCM baseline: its own defaults, so a partial ``pcm`` section is completed with PCM's values."""
+
+    steps: int = Field(400, ge=1)
+    lr: float = Field(3e-5, gt=0.0, le=1.0)
+    phases: int = Field(4, ge=1, description="PCM phases K (LCM is K = 1)")
 
 
 class SampleParams(_Section):
@@ -322,7 +330,7 @@ class TrackingParams(_Section):
 class Params(_Section):
     """Everything in ``params.yaml``."""
 
-    boundary: int = Field(35, ge=1, description="grid index splitting the semantic (noise side) and detail experts")
+    boundary: int = Field(11, ge=1, description="grid index splitting the semantic (noise side) and detail experts")
     world: WorldParams = WorldParams()
     flow: FlowParams = FlowParams()
     model: ModelParams = ModelParams()
@@ -334,8 +342,8 @@ class Params(_Section):
     launch: LaunchParams = LaunchParams()
     semantic: SemanticParams = SemanticParams()
     detail: DetailParams = DetailParams()
-    lcm: BaselineParams = BaselineParams(phases=1)
-    pcm: BaselineParams = BaselineParams(phases=4)
+    lcm: BaselineParams = BaselineParams()
+    pcm: PcmParams = PcmParams()
     sample: SampleParams = SampleParams()
     evaluate: EvaluateParams = EvaluateParams()
     tracking: TrackingParams = TrackingParams()
@@ -356,9 +364,11 @@ class Params(_Section):
             if "dcm" in self.sample.methods and (steps // 2 > n - k or steps // 2 > k):
                 raise ValueError(f"sample.steps has {steps}: dcm takes {steps // 2} steps in [{n}, {k}] and "
                                  f"{steps // 2} in [{k}, 0], which boundary = {k} on a {n}-step grid cannot hold")
-        if self.sample.schedule == "stock" and self.model.backbone == "cogvideox":
-            raise ValueError("sample.schedule = 'stock' is the flow-matching scheduler's schedule; CogVideoX samples "
-                             "its own DDIM grid (use sample.schedule = 'grid')")
+        from dcm.models import backbone_class
+
+        if self.sample.schedule == "stock" and not backbone_class(self.model.backbone).flow_matching:
+            raise ValueError(f"sample.schedule = 'stock' is the flow-matching scheduler's schedule; model.backbone = "
+                             f"{self.model.backbone!r} samples its own grid (use sample.schedule = 'grid')")
         if self.model.backbone == "tiny" and self.ablation.tc and self.semantic.tc_lag >= self.world.frames:
             raise ValueError(f"semantic.tc_lag = {self.semantic.tc_lag} must be below world.frames = "
                              f"{self.world.frames} (the tiny teacher's latents are its frames)")

@@ -16,15 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import torch
-
 from dcm.config import Params, ParamsError
 
 Sharding = Literal["fsdp", "ddp"]
 ACT_VALUES = 17  # stored activation values per token per width per block (Korthikanti et al. 2022: 34 bytes at 16 bit)
 H100_PEAK = 989.0  # dense bf16 TFLOP/s of an H100 SXM
-TEXT_TOKENS = {"wan": 512, "cogvideox": 226, "hunyuanvideo": 256}  # the adapters' default max_sequence_length
-JOINT = ("cogvideox", "hunyuanvideo")  # text tokens join the self-attention sequence
 GiB = 2**30
 #: shipped architecture configs (``<name>/transformer/config.json``, ``vae/config.json``, ``model.json``)
 MODELS_DIR = Path(__file__).resolve().parent / "model_configs"  # shipped with the package
@@ -36,6 +32,7 @@ class ModelFacts:
     """Exact counts and shapes of the configured backbone."""
 
     backbone: str
+    joint_attention: bool  # text tokens join the self-attention sequence (Backbone.joint_attention)
     teacher: int  # transformer parameters
     lora: int  # detail expert LoRA parameters
     copies: int  # detail expert copied timestep layers
@@ -55,37 +52,10 @@ class ModelFacts:
 
     def forward_flops(self) -> float:
         """One forward of one sample: 2 x params x tokens, plus attention scores and values."""
-        joint = self.backbone in JOINT
+        joint = self.joint_attention
         seq = self.video_tokens + (self.text_tokens if joint else 0)
         attended = seq + (0 if joint else self.text_tokens)  # self-attention, + cross-attention to the text
         return 2.0 * self.teacher * seq + 4.0 * self.layers * seq * attended * self.width
-
-
-def _skeleton(params: Params):
-    """The backbone adapter with its transformer (and VAE) on the meta device, weights never read."""
-    from accelerate import init_empty_weights
-
-    from dcm.models import backbone_class, build_tiny_backbone
-
-    m = params.model
-    if m.backbone == "tiny":
-        with torch.random.fork_rng(devices=[]), init_empty_weights():
-            return build_tiny_backbone(m.tiny)
-    import diffusers
-
-    cls = backbone_class(m.backbone)
-    path = _structure_dir(m.path, m.backbone) or cls.check(m.path)
-
-    def meta(folder: str):
-        config = json.loads((path / folder / "config.json").read_text())
-        with init_empty_weights():
-            return getattr(diffusers, config["_class_name"]).from_config(config)
-
-    backbone = object.__new__(cls)  # no __init__: it would want the text encoders and tokenizers
-    backbone.transformer, backbone.vae = meta("transformer"), meta("vae")
-    if getattr(backbone.transformer, "ofs_embedding", None) is not None:  # as CogVideoXBackbone.__init__ does
-        backbone.timestep_layers = (*cls.timestep_layers, "ofs_embedding")
-    return backbone
 
 
 def shipped_models() -> dict[str, Path]:
@@ -159,9 +129,14 @@ def model_facts(params: Params, model_name: str | None = None) -> ModelFacts:
     from dcm.distill.discriminator import Discriminator, FeatureTaps
     from dcm.experts import ParameterEfficientExpert, count_parameters
 
+    from dcm.models import backbone_class
+
     if model_name is not None:
         params = params_for_model(model_name, params)
-    backbone = _skeleton(params)
+    m = params.model
+    adapter = backbone_class(m.backbone)
+    structure = _structure_dir(m.path, m.backbone)
+    backbone = adapter.skeleton(m, structure)
     transformer = backbone.transformer
     teacher = count_parameters(transformer.parameters())
     blocks = backbone.feature_blocks()
@@ -177,14 +152,11 @@ def model_facts(params: Params, model_name: str | None = None) -> ModelFacts:
     tokens = 1
     for size, step in zip(latent[1:], patch, strict=True):
         tokens *= size // step
-    text = params.model.tiny.text_max_length if params.model.backbone == "tiny" else (
-        params.model.max_sequence_length or TEXT_TOKENS[params.model.backbone])
     guided = backbone.guidance == "cfg" and params.trajectories.guidance_scale != 1.0
-    structure = params.model.backbone != "tiny" and _structure_dir(params.model.path, params.model.backbone)
-    return ModelFacts(params.model.backbone, teacher, lora, count_parameters(expert.trainable_parameters()) - lora,
-                      count_parameters(disc.parameters()), backbone.feature_dim(), len(blocks), latent, patch,
-                      tokens, text, 2 if guided else 1,
-                      _shown(structure) if structure else "")
+    return ModelFacts(m.backbone, adapter.joint_attention, teacher, lora,
+                      count_parameters(expert.trainable_parameters()) - lora, count_parameters(disc.parameters()),
+                      backbone.feature_dim(), len(blocks), latent, patch, tokens, adapter.text_tokens(m),
+                      2 if guided else 1, _shown(structure) if structure else "")
 
 
 def _shown(structure: Path) -> str:

@@ -45,7 +45,7 @@ from dcm.errors import DcmError
 from dcm.experts import ParameterEfficientExpert
 from dcm.io import atomic_write_text, write_json
 from dcm.layout import DETAIL_CONFIG, DETAIL_WEIGHTS, STUDENT_MODEL, Layout
-from dcm.models import META, WanBackbone, load_backbone
+from dcm.models import BACKBONES, META, WanBackbone, backbone_class, load_backbone
 from dcm.sampling import SamplingError, schedule, stock_sigmas
 from dcm.students import StudentError, StudentRecord, check_record, load_full_model
 
@@ -56,9 +56,6 @@ from dcm.students import StudentError, StudentRecord, check_record, load_full_mo
 BOUNDARY_EPSILON = 1e-6
 LORA_FILE = "pytorch_lora_weights.safetensors"
 COPIED_FILE = "copied_layers.safetensors"
-PIPELINES = {"wan": "WanPipeline", "cogvideox": "CogVideoXPipeline", "hunyuanvideo": "HunyuanVideoPipeline"}
-TRANSFORMERS = {"wan": "WanTransformer3DModel", "cogvideox": "CogVideoXTransformer3DModel",
-                "hunyuanvideo": "HunyuanVideoTransformer3DModel"}
 
 
 class ExportError(DcmError, ValueError):
@@ -117,14 +114,18 @@ def _checked_students(params: Params, layout: Layout) -> str:
 
 def _check_backbone(params: Params, fmt: str) -> None:
     kind = params.model.backbone
-    if kind == "tiny":
-        raise ExportError("model.backbone = 'tiny' cannot be exported to stock diffusers: the tiny teacher works in "
-                          "pixel space without a VAE, and WanPipeline needs an AutoencoderKLWan and a diffusers "
-                          "text encoder; export a real backbone (model.backbone = wan, cogvideox or hunyuanvideo)")
-    if fmt == "pipeline" and kind != "wan":
-        raise ExportError(f"model.backbone = {kind!r}: only Wan has a stock pipeline with two transformers "
-                          f"(WanPipeline's transformer_2 and boundary_ratio); {PIPELINES[kind]} holds one, so export "
-                          "the detail expert as a LoRA instead (`dcm export --format lora`, export_detail_lora)")
+    adapter = backbone_class(kind)
+    if adapter.pipeline_class is None:
+        exportable = [name for name, cls in BACKBONES.items() if cls.pipeline_class]
+        raise ExportError(f"model.backbone = {kind!r} cannot be exported to stock diffusers: no stock diffusers "
+                          f"pipeline runs it (the tiny teacher works in pixel space, without a VAE); export a real "
+                          f"backbone (model.backbone = {', '.join(exportable)})")
+    if fmt == "pipeline" and not adapter.two_expert_pipeline:
+        two = [name for name, cls in BACKBONES.items() if cls.two_expert_pipeline]
+        raise ExportError(f"model.backbone = {kind!r}: only {', '.join(two)} has a stock pipeline with two "
+                          f"transformers (WanPipeline's transformer_2 and boundary_ratio); {adapter.pipeline_class} "
+                          "holds one, so export the detail expert as a LoRA instead (`dcm export --format lora`, "
+                          "export_detail_lora)")
 
 
 @contextlib.contextmanager
@@ -163,8 +164,8 @@ def export_wan_pipeline(params: Params, layout: Layout = Layout(), out_dir: Path
     teacher_dir = layout.teacher_model
     _require(teacher_dir / META, "the teacher directory's backbone.json", "teacher")
     link = json.loads((teacher_dir / META).read_text())
-    if link["kind"] != "wan":
-        raise ExportError(f"{teacher_dir / META} points at a {link['kind']!r} backbone, params say 'wan'")
+    if link["kind"] != WanBackbone.kind:
+        raise ExportError(f"{teacher_dir / META} points at a {link['kind']!r} backbone, params say {WanBackbone.kind!r}")
     WanBackbone.check(link["path"])
     kind = _checked_students(params, layout)
 
@@ -209,7 +210,7 @@ def _pipeline_readme(out_dir: Path, params: Params, info: dict) -> str:
     m, k = params.model, info["steps"]
     dcm_row = (_sigma_row(info["dcm_sigmas"], info["dcm_experts"]) if info["dcm_sigmas"]
                else f"n/a: {info['dcm_schedule_note']}")
-    seq = "" if info["max_sequence_length"] == 512 else f", max_sequence_length={info['max_sequence_length']}"
+    seq = "" if info["max_sequence_length"] == WanBackbone.default_max_sequence_length else f", max_sequence_length={info['max_sequence_length']}"
     experts = ("`transformer` is the semantic expert, `transformer_2` the detail expert "
                f"({'LoRA merged, copied layers in' if info['detail_kind'] == 'pe' else 'full model'}); "
                f"`boundary_ratio` = {info['boundary_ratio']:.7f} = the boundary sigma {info['boundary_sigma']:.7f} "
@@ -258,23 +259,24 @@ def export_detail_lora(params: Params, layout: Layout = Layout(), out_dir: Path 
     import diffusers
 
     _check_backbone(params, "lora")
+    adapter = backbone_class(params.model.backbone)
     out_dir = out_dir or layout.export("lora")
     kind = _checked_students(params, layout)
     detail_dir = layout.student("detail")
     if kind != "pe":
         raise ExportError(f"the detail expert in {detail_dir} is {kind!r}, not parameter-efficient (pe): "
                           "there is no LoRA to export" + ("; use `dcm export --format pipeline`" if kind == "full"
-                                                          and params.model.backbone == "wan" else ""))
+                                                          and adapter.two_expert_pipeline else ""))
     config = json.loads((detail_dir / DETAIL_CONFIG).read_text())
     state = load_file(str(detail_dir / DETAIL_WEIGHTS))
     lora = {k[len("lora."):]: v for k, v in state.items() if k.startswith("lora.")}
     copied = copied_layers(state, config["timestep_layers"])
     metadata = {"r": config["r"], "lora_alpha": config["lora_alpha"], "target_modules": config["target_modules"]}
-    pipeline = PIPELINES[params.model.backbone]
+    pipeline = adapter.pipeline_class
     info = {"format": f"{pipeline} LoRA", "backbone": params.model.backbone, "lora": metadata,
             "copied_layers": config["timestep_layers"], "boundary": params.boundary, "flow_steps": params.flow.steps,
-            "boundary_sigma": None if params.model.backbone == "cogvideox"
-            else float(flow.sigma_grid(params.flow.steps, params.flow.shift)[params.boundary]),
+            "boundary_sigma": float(flow.sigma_grid(params.flow.steps, params.flow.shift)[params.boundary])
+            if adapter.flow_matching else None,
             "params": params.model_dump(mode="json")}
     with _atomic_dir(out_dir) as tmp:
         getattr(diffusers, pipeline).save_lora_weights(tmp, transformer_lora_layers=lora, weight_name=LORA_FILE,
@@ -287,8 +289,8 @@ def export_detail_lora(params: Params, layout: Layout = Layout(), out_dir: Path 
 
 
 def _lora_readme(out_dir: Path, semantic: Path, params: Params, info: dict) -> str:
-    pipeline, b, n = PIPELINES[params.model.backbone], params.boundary, params.flow.steps
-    model = TRANSFORMERS[params.model.backbone]
+    adapter, b, n = backbone_class(params.model.backbone), params.boundary, params.flow.steps
+    pipeline, model = adapter.pipeline_class, adapter.transformer_class
     where = (f"at and below flow sigma {info['boundary_sigma']:.7f} (timestep {1000 * info['boundary_sigma']:.3f})"
              if info["boundary_sigma"] is not None else
              f"from the DDPM timestep of grid index {b} of the scheduler's own {n}-step timesteps "

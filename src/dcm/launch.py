@@ -24,19 +24,20 @@ log = logging.getLogger(__name__)
 
 #: variables every accelerate launcher (simple or torchrun) sets in the processes it starts
 LAUNCHED_MARKERS = ("LOCAL_RANK", "WORLD_SIZE", "ACCELERATE_MIXED_PRECISION")
-#: FSDP units per backbone; accelerate rejects wrap classes the model lacks, so only these are passed
-FSDP_BLOCKS = {
-    "tiny": ("WanTransformerBlock",),
-    "wan": ("WanTransformerBlock",),
-    "cogvideox": ("CogVideoXBlock",),
-    "hunyuanvideo": ("HunyuanVideoTransformerBlock", "HunyuanVideoSingleTransformerBlock"),
-}
 GPU_ONLY = ("FSDP", "DEEPSPEED", "MEGATRON_LM")
 
 
 def launched_by_accelerate(env: Mapping[str, str] = os.environ) -> bool:
     """True inside a process that accelerate (or torchrun) started: never launch again from there."""
     return any(name in env for name in LAUNCHED_MARKERS)
+
+
+def fsdp_blocks(params: Params) -> list[str]:
+    """The FSDP wrap classes of the configured backbone (:meth:`dcm.models.Backbone.fsdp_blocks`, from
+    its structure on the meta device: no weights read)."""
+    from dcm.models import backbone_class
+
+    return list(backbone_class(params.model.backbone).skeleton(params.model).fsdp_blocks())
 
 
 def launch_command(params: Params, script_argv: Sequence[str], gpus: int) -> tuple[list[str], dict[str, str]]:
@@ -64,7 +65,7 @@ def launch_command(params: Params, script_argv: Sequence[str], gpus: int) -> tup
             raise ParamsError(f"launch.num_processes = {n} but launch.config_file = {config_file!r} runs one process "
                               "(distributed_type NO); use configs/accelerate/ddp.yaml or fsdp.yaml")
         if kind == "FSDP":
-            argv += ["--fsdp_transformer_layer_cls_to_wrap", ",".join(FSDP_BLOCKS[params.model.backbone])]
+            argv += ["--fsdp_transformer_layer_cls_to_wrap", ",".join(fsdp_blocks(params))]
     if cpu and kind in GPU_ONLY:
         raise ParamsError(f"launch.config_file = {config_file!r} uses {kind}, which needs CUDA GPUs, and this run is "
                           "on CPU; use configs/accelerate/cpu_2proc.yaml (or no config file) for CPU processes")

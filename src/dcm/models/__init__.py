@@ -16,12 +16,14 @@ from dcm.models.hunyuan import HunyuanVideoBackbone
 from dcm.models.tiny import TinyBackbone, build_tiny_backbone
 from dcm.models.wan import WanBackbone
 
-BACKBONES: dict[str, type[Backbone]] = {
-    "tiny": TinyBackbone,
-    "wan": WanBackbone,
-    "cogvideox": CogVideoXBackbone,
-    "hunyuanvideo": HunyuanVideoBackbone,
-}
+#: the registry, by ``kind``: a new backbone is its module (a :class:`Backbone` subclass holding every fact
+#: about the family) and its entry here; ``model.backbone`` takes these names
+BACKBONES: dict[str, type[Backbone]] = {cls.kind: cls for cls in (
+    TinyBackbone,
+    WanBackbone,
+    CogVideoXBackbone,
+    HunyuanVideoBackbone,
+)}
 
 META = "backbone.json"
 

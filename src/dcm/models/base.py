@@ -17,10 +17,11 @@ checkpoints (Wan2.1, CogVideoX, HunyuanVideo) share one code path. Conventions:
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -28,6 +29,9 @@ from torch import nn
 from dcm import flow
 from dcm.errors import DcmError
 from dcm.guidance import VelocityFn, guided
+
+if TYPE_CHECKING:
+    from dcm.config import ModelParams
 
 
 class BackboneError(DcmError, FileNotFoundError):
@@ -49,9 +53,24 @@ def check_model_dir(path: str | Path, required: Sequence[str], kind: str, hint: 
 
 
 class Backbone(ABC):
-    """Base class of the adapters. Subclasses set the class attributes and the model-specific methods."""
+    """Base class of the adapters. Subclasses set the class attributes and the model-specific methods;
+    everything dcm knows about a model family is here, so adding one is a module and a line in
+    ``dcm.models.BACKBONES``."""
 
     kind: ClassVar[str]
+    #: diffusers class names of the transformer and of the stock pipeline (None: no stock pipeline runs it)
+    transformer_class: ClassVar[str]
+    pipeline_class: ClassVar[str | None] = None
+    #: the stock pipeline holds two transformers and switches at a boundary (WanPipeline's ``transformer_2``
+    #: and ``boundary_ratio``), so it runs both experts
+    two_expert_pipeline: ClassVar[bool] = False
+    #: text tokens per prompt when ``model.max_sequence_length`` is null: the model's own pipeline's
+    default_max_sequence_length: ClassVar[int]
+    #: the text tokens join the video tokens' self-attention (else the video cross-attends to them)
+    joint_attention: ClassVar[bool] = False
+    #: its sigmas are :func:`dcm.flow.sigma_grid`'s, as diffusers' flow-matching scheduler's; False: the
+    #: model's own schedule (:meth:`sigma_grid`), which the stock flow-matching sigmas do not describe
+    flow_matching: ClassVar[bool] = True
     #: what a local diffusers directory of this model must hold, and where to get one
     subfolders: ClassVar[tuple[str, ...]] = ()
     source_hint: ClassVar[str] = ""
@@ -74,6 +93,32 @@ class Backbone(ABC):
     @abstractmethod
     def from_pretrained(cls, path: str | Path, **options) -> Backbone:
         """Load every part from a local directory (``options``: the adapter's loader settings)."""
+
+    @classmethod
+    def loader_options(cls, model: ModelParams) -> dict[str, Any]:
+        """The ``from_pretrained`` options the ``model`` params set (kept in the teacher's ``backbone.json``)."""
+        return {"max_sequence_length": model.max_sequence_length} if model.max_sequence_length else {}
+
+    @classmethod
+    def text_tokens(cls, model: ModelParams) -> int:
+        """Text tokens per prompt of the ``model`` params: ``max_sequence_length``, or the model's own."""
+        return model.max_sequence_length or cls.default_max_sequence_length
+
+    @classmethod
+    def skeleton(cls, model: ModelParams, path: str | Path | None = None) -> Backbone:
+        """The adapter with its transformer and VAE on the meta device, built from their ``config.json``
+        in ``path`` (default: ``model.path``, checked): the model's structure, no weight read and no
+        text stack loaded."""
+        import diffusers
+        from accelerate import init_empty_weights
+
+        path = Path(path) if path is not None else cls.check(model.path)
+        backbone = object.__new__(cls)  # no __init__: it would want the text encoders and tokenizers
+        for part in ("transformer", "vae"):
+            config = json.loads((path / part / "config.json").read_text())
+            with init_empty_weights():
+                setattr(backbone, part, getattr(diffusers, config["_class_name"]).from_config(config))
+        return backbone
 
     # ---- text and video -------------------------------------------------------------------
     @abstractmethod
@@ -121,6 +166,13 @@ class Backbone(ABC):
         """The transformer blocks whose outputs the discriminator reads, in order."""
         transformer = transformer or self.transformer
         return [block for name in self.block_lists for block in getattr(transformer, name)]
+
+    def fsdp_blocks(self) -> tuple[str, ...]:
+        """The FSDP units, one per transformer block: those of the transformer class's own
+        ``_no_split_modules`` (diffusers') that its block lists hold, so not the patch embedding or text
+        refiner it also names, nor a class this configuration does not build (accelerate rejects those)."""
+        blocks = {type(block).__name__ for block in self.feature_blocks()}
+        return tuple(name for name in type(self.transformer)._no_split_modules if name in blocks)
 
     def feature_dim(self) -> int:
         cfg = self.transformer.config

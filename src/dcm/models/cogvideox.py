@@ -16,11 +16,15 @@ every position and was trained on those padding embeddings.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from dcm.models.base import Backbone
+
+if TYPE_CHECKING:
+    from dcm.config import ModelParams
 
 COGVIDEOX_SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 #: the I2V pipeline's ``ofs`` input (CogVideoX 1.5 checkpoints with an ``ofs_embedding``)
@@ -29,6 +33,12 @@ OFS = 2.0
 
 class CogVideoXBackbone(Backbone):
     kind = "cogvideox"
+    transformer_class = "CogVideoXTransformer3DModel"
+    pipeline_class = "CogVideoXPipeline"
+    # CogVideoX's sin-cos position table covers exactly ``max_text_seq_length`` text tokens (226)
+    default_max_sequence_length = 226
+    joint_attention = True
+    flow_matching = False  # its own DDIM timesteps (see the module docstring)
     subfolders = COGVIDEOX_SUBFOLDERS
     source_hint = ("Point model.path at a local copy of e.g. THUDM/CogVideoX-2b "
                    "(dcm never downloads weights).")
@@ -38,13 +48,22 @@ class CogVideoXBackbone(Backbone):
     def __init__(self, transformer, vae, text_encoder, tokenizer, scheduler, max_sequence_length: int | None = None):
         self.transformer, self.vae, self.text_encoder, self.tokenizer = transformer, vae, text_encoder, tokenizer
         self.scheduler = scheduler
-        # CogVideoX's sin-cos position table covers exactly ``max_text_seq_length`` text tokens (226)
         self.max_sequence_length = max_sequence_length or transformer.config.max_text_seq_length
-        if transformer.ofs_embedding is not None:
-            self.timestep_layers = (*type(self).timestep_layers, "ofs_embedding")
+        self.timestep_layers = self.copied_layers(transformer)
         ac = scheduler.alphas_cumprod.double()
         #: flow sigma of every training timestep, increasing; float32 so that grid sigmas match it exactly
         self.train_sigmas = ((1 - ac).sqrt() / (ac.sqrt() + (1 - ac).sqrt())).float()
+
+    @classmethod
+    def copied_layers(cls, transformer: nn.Module) -> tuple[str, ...]:
+        """The timestep layers, with CogVideoX 1.5's ``ofs`` embedding where the checkpoint has one."""
+        return (*cls.timestep_layers, "ofs_embedding") if transformer.ofs_embedding is not None else cls.timestep_layers
+
+    @classmethod
+    def skeleton(cls, model: ModelParams, path: str | Path | None = None) -> CogVideoXBackbone:
+        backbone = super().skeleton(model, path)
+        backbone.timestep_layers = cls.copied_layers(backbone.transformer)
+        return backbone
 
     @classmethod
     def from_pretrained(cls, path: str | Path, max_sequence_length: int | None = None, **_) -> CogVideoXBackbone:

@@ -19,6 +19,7 @@ CLIP pooled projection; dcm carries one tensor ``(B, L + 1, D)``:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,9 @@ from torch import nn
 from dcm import flow
 from dcm.guidance import VelocityFn
 from dcm.models.base import Backbone
+
+if TYPE_CHECKING:
+    from dcm.config import ModelParams
 
 HUNYUAN_SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 #: the pipeline's ``num_hidden_layers_to_skip`` (Llama ``hidden_states[-3]``) and CLIP's prompt length
@@ -49,6 +53,10 @@ def unpack_conditioning(text: torch.Tensor, pooled_dim: int) -> tuple[torch.Tens
 
 class HunyuanVideoBackbone(Backbone):
     kind = "hunyuanvideo"
+    transformer_class = "HunyuanVideoTransformer3DModel"
+    pipeline_class = "HunyuanVideoPipeline"
+    default_max_sequence_length = 256
+    joint_attention = True
     subfolders = HUNYUAN_SUBFOLDERS
     source_hint = ("Point model.path at a local copy of e.g. hunyuanvideo-community/HunyuanVideo "
                    "(dcm never downloads weights).")
@@ -58,14 +66,14 @@ class HunyuanVideoBackbone(Backbone):
     guidance = "embedded"
 
     def __init__(self, transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2,
-                 max_sequence_length: int = 256, embedded_guidance_scale: float = 6.0,
+                 max_sequence_length: int | None = None, embedded_guidance_scale: float = 6.0,
                  prompt_template: dict | None = None):
         from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
 
         self.transformer, self.vae = transformer, vae
         self.text_encoder, self.tokenizer, self.text_encoder_2, self.tokenizer_2 = (
             text_encoder, tokenizer, text_encoder_2, tokenizer_2)
-        self.max_sequence_length = max_sequence_length
+        self.max_sequence_length = max_sequence_length or self.default_max_sequence_length
         self.embedded_guidance_scale = embedded_guidance_scale
         self.prompt_template = prompt_template or DEFAULT_PROMPT_TEMPLATE
         #: template tokens cut off the front; a template without ``crop_start`` is cut after its prefix
@@ -75,8 +83,14 @@ class HunyuanVideoBackbone(Backbone):
         self.crop_start = crop
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, max_sequence_length: int = 256, embedded_guidance_scale: float = 6.0,
-                        prompt_template: dict | None = None, **_) -> HunyuanVideoBackbone:
+    def loader_options(cls, model: ModelParams) -> dict[str, Any]:
+        """The embedded guidance scale too: teacher and students run at ``model.embedded_guidance_scale``."""
+        return {**super().loader_options(model), "embedded_guidance_scale": model.embedded_guidance_scale}
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, max_sequence_length: int | None = None,
+                        embedded_guidance_scale: float = 6.0, prompt_template: dict | None = None,
+                        **_) -> HunyuanVideoBackbone:
         from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoTransformer3DModel
         from transformers import AutoTokenizer, CLIPTextModel, LlamaModel
 

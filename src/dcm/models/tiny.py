@@ -11,18 +11,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import WanTransformer3DModel
-from tokenizers import Tokenizer
-from tokenizers.models import WordLevel
-from tokenizers.pre_tokenizers import WhitespaceSplit
-from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
-from dcm.config import TinyModelParams
 from dcm.models.base import Backbone, check_model_dir
 from dcm.models.wan import WAN_TIMESTEP_LAYERS, wan_velocity
 from dcm.world.grammar import word_list
+
+if TYPE_CHECKING:  # diffusers and transformers are imported where used: validating params asks dcm.models
+    from diffusers import WanTransformer3DModel
+    from transformers import PreTrainedTokenizerFast, UMT5EncoderModel
+
+    from dcm.config import ModelParams, TinyModelParams
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 SUBFOLDERS = ("transformer", "text_encoder", "tokenizer")
@@ -40,6 +41,7 @@ class TinyBackbone(Backbone):
     prediction: str = "velocity"
 
     kind = "tiny"
+    transformer_class = "WanTransformer3DModel"
     subfolders = SUBFOLDERS
     source_hint = "run `dvc repro teacher` (or `dcm teacher`) to train it"
     # What the parameter-efficient detail expert copies: Wan's timestep path (time embedder and
@@ -84,6 +86,18 @@ class TinyBackbone(Backbone):
     def from_pretrained(cls, path: str | Path, **_) -> TinyBackbone:
         return load_tiny_backbone(path)
 
+    @classmethod
+    def text_tokens(cls, model: ModelParams) -> int:
+        return model.tiny.text_max_length
+
+    @classmethod
+    def skeleton(cls, model: ModelParams, path: str | Path | None = None) -> TinyBackbone:
+        """Built from ``model.tiny`` on the meta device (``path`` is not read), the global random state untouched."""
+        from accelerate import init_empty_weights
+
+        with torch.random.fork_rng(devices=[]), init_empty_weights():
+            return build_tiny_backbone(model.tiny)
+
     def save_pretrained(self, path: str | Path, transformer: torch.nn.Module | None = None) -> None:
         path = Path(path)
         (transformer or self.transformer).save_pretrained(path / "transformer")
@@ -110,6 +124,11 @@ def coordinate_channels(latents: torch.Tensor) -> torch.Tensor:
 
 
 def _build_tokenizer(max_length: int) -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+    from transformers import PreTrainedTokenizerFast
+
     vocab = {PAD: 0, EOS: 1, UNK: 2}
     for word in word_list():
         vocab.setdefault(word, len(vocab))
@@ -140,6 +159,9 @@ def adaln_zero_init(transformer: WanTransformer3DModel) -> None:
 
 def build_tiny_backbone(params: TinyModelParams, seed: int = 0) -> TinyBackbone:
     """A freshly initialised tiny backbone (transformer random, text encoder frozen)."""
+    from diffusers import WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
     tokenizer = _build_tokenizer(params.text_max_length)
     torch.manual_seed(params.text_seed)
     text_encoder = UMT5EncoderModel(
@@ -176,6 +198,9 @@ def build_tiny_backbone(params: TinyModelParams, seed: int = 0) -> TinyBackbone:
 
 def load_tiny_backbone(path: str | Path) -> TinyBackbone:
     """Load a saved tiny backbone directory; a missing part is an error naming the file expected."""
+    from diffusers import WanTransformer3DModel
+    from transformers import PreTrainedTokenizerFast, UMT5EncoderModel
+
     path = check_model_dir(path, (*SUBFOLDERS, "backbone.json"), "tiny",
                            "run `dcm teacher` or `dvc repro teacher` to create it")
     info = json.loads((path / "backbone.json").read_text())

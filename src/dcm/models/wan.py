@@ -38,18 +38,22 @@ def encode_t5(tokenizer, text_encoder: nn.Module, prompts: list[str], max_length
 
 class WanBackbone(Backbone):
     kind = "wan"
+    transformer_class = "WanTransformer3DModel"
+    pipeline_class = "WanPipeline"
+    two_expert_pipeline = True
+    default_max_sequence_length = 512
     subfolders = WAN_SUBFOLDERS
     source_hint = ("Point model.path at a local copy of e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers "
                    "(dcm never downloads weights).")
     timestep_layers = WAN_TIMESTEP_LAYERS
     block_lists = ("blocks",)
 
-    def __init__(self, transformer, vae, text_encoder, tokenizer, max_sequence_length: int = 512):
+    def __init__(self, transformer, vae, text_encoder, tokenizer, max_sequence_length: int | None = None):
         self.transformer, self.vae, self.text_encoder, self.tokenizer = transformer, vae, text_encoder, tokenizer
-        self.max_sequence_length = max_sequence_length
+        self.max_sequence_length = max_sequence_length or self.default_max_sequence_length
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, max_sequence_length: int = 512, **_) -> WanBackbone:
+    def from_pretrained(cls, path: str | Path, max_sequence_length: int | None = None, **_) -> WanBackbone:
         from diffusers import AutoencoderKLWan, WanTransformer3DModel
         from transformers import AutoTokenizer, UMT5EncoderModel
 

@@ -10,7 +10,7 @@ import numpy as np
 from dcm.config import Params, sample_plan
 from dcm.errors import MissingInputError, SampleFolderError
 from dcm.layout import LATENCY, Layout
-from dcm.tracking import check_tracking_server, stage_run
+from dcm.tracking import stage_run
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,6 @@ def run_evaluate(params: Params, layout: Layout = Layout()) -> dict:
     from dcm.io import read_mp4, write_json
     from dcm.tracking import log_headline, log_metrics
 
-    check_tracking_server()
     manifests, latency = read_sample_folders(params, layout)
     teacher_key = f"teacher@{params.flow.steps}"
     teacher = {(r["prompt"], r["seed"]): read_mp4(layout.samples / teacher_key / r["file"])

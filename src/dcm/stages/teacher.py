@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dcm.config import Params
 from dcm.layout import Layout
-from dcm.tracking import check_tracking_server, stage_run
+from dcm.tracking import stage_run
 
 
 def run_teacher(params: Params, layout: Layout = Layout()) -> None:
@@ -14,11 +14,11 @@ def run_teacher(params: Params, layout: Layout = Layout()) -> None:
     if not m.toy_world:
         from dcm.models import backbone_class, write_backbone_link
 
-        backbone_class(m.backbone).check(m.path)
-        write_backbone_link(layout.teacher_model, m.backbone, m.path, **m.backbone_options())
+        adapter = backbone_class(m.backbone)
+        adapter.check(m.path)
+        write_backbone_link(layout.teacher_model, m.backbone, m.path, **adapter.loader_options(m))
         return
     from dcm.teacher.training import train_teacher
 
-    check_tracking_server()
     with stage_run("teacher", params):
         train_teacher(params, layout.teacher)

@@ -7,7 +7,7 @@ import json
 from dcm.config import Params
 from dcm.errors import MissingInputError
 from dcm.layout import BUCKETS, STUDENT_MODEL, STUDENT_STAGES, TRAJECTORY_MANIFEST, VALIDATION, Layout
-from dcm.tracking import check_tracking_server, stage_run
+from dcm.tracking import stage_run
 
 
 def analysis_figures(params: Params, layout: Layout) -> list[str]:
@@ -95,7 +95,6 @@ def run_report(params: Params, layout: Layout = Layout()) -> None:
     from dcm.reporting.documents import pipeline_report
     from dcm.reporting.runs import mlflow_runs
 
-    check_tracking_server()
     if not layout.metrics.exists():
         raise MissingInputError(f"{layout.metrics} is missing: run the evaluate stage first (`dvc repro evaluate`)")
     if not (layout.trajectories / TRAJECTORY_MANIFEST).exists():

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from dcm.config import Params
 from dcm.layout import Layout
-from dcm.tracking import check_tracking_server, stage_run
+from dcm.tracking import stage_run
 
 
 def run_distill(params: Params, stage: str, layout: Layout = Layout()) -> dict:
     """Train the student of ``stage`` (semantic, detail, lcm or pcm), resuming from its checkpoint."""
     from dcm.distill.trainer import check_inputs, distill
 
-    check_tracking_server()
     check_inputs(params, stage, layout)
     with stage_run(stage, params):
         return distill(params, stage, layout)

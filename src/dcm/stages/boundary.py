@@ -7,7 +7,7 @@ import logging
 
 from dcm.config import Params
 from dcm.layout import TRAJECTORY_MANIFEST, Layout
-from dcm.tracking import check_tracking_server, stage_run
+from dcm.tracking import stage_run
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,6 @@ def run_boundary(params: Params, layout: Layout = Layout()):
     from dcm.reporting.figures import boundary_curves
     from dcm.tracking import log_metrics
 
-    check_tracking_server()
     check_manifest(layout.trajectories, params)
     shape = json.loads((layout.trajectories / TRAJECTORY_MANIFEST).read_text())["spec"]["shape"]
     data = load_trajectories(layout.trajectories, TrajectorySpec.from_params(params, tuple(shape)), verify_hash=False)

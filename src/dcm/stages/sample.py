@@ -9,7 +9,7 @@ import time
 
 from dcm.config import Params, sample_plan
 from dcm.layout import LATENCY, Layout
-from dcm.tracking import check_tracking_server, stage_run
+from dcm.tracking import stage_run
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,6 @@ def run_sample(params: Params, layout: Layout = Layout()) -> dict:
     from dcm.tracking import log_metrics
     from dcm.world.render import to_video
 
-    check_tracking_server()
     prompts, seeds, names = sample_items(params)
     backbone = load_backbone(layout.teacher_model)
     plan = sample_plan(params)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dcm.config import Params
 from dcm.layout import Layout
-from dcm.tracking import check_tracking_server, stage_run
+from dcm.tracking import stage_run
 
 
 def run_trajectories(params: Params, layout: Layout = Layout()) -> None:
@@ -12,7 +12,6 @@ def run_trajectories(params: Params, layout: Layout = Layout()) -> None:
     from dcm.data.trajectories import generate, prompt_set
     from dcm.models import check_teacher_dir, load_backbone
 
-    check_tracking_server()
     check_teacher_dir(layout.teacher_model)
     prompt_set(params)  # a bad prompt source fails here, before anything is written
     backbone = load_backbone(layout.teacher_model)

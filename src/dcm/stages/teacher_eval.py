@@ -7,7 +7,7 @@ import time
 
 from dcm.config import Params
 from dcm.layout import Layout
-from dcm.tracking import check_tracking_server, stage_run
+from dcm.tracking import stage_run
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,6 @@ def run_teacher_eval(params: Params, layout: Layout = Layout()) -> dict[str, flo
     from dcm.world.metrics import aggregate_scores, evaluate_video
     from dcm.world.render import to_video
 
-    check_tracking_server()
     cfg, toy = params.teacher_eval, params.model.toy_world
     prompts, seeds = heldout_prompts(None if toy else params.sample.prompt_file, cfg.videos, cfg.seed)
     backbone = load_backbone(layout.teacher_model)
