@@ -250,7 +250,9 @@ def _torchrun_harness(stage: str, mode: str, keep_as: str | None = None) -> None
 def test_fsdp_trains_what_data_parallelism_trains_and_resumes_from_its_shards(workspace, micro_distill):
     """accelerate's FSDP path (full shard, one unit per transformer block; tests/fsdp_on_cpu.py forces it
     on CPU) ends with the weights two data-parallel processes end with: the full semantic expert, then
-    the PE detail expert with GAN + FM. A run continued from FSDP's per-rank checkpoint ends the same."""
+    the PE detail expert with GAN + FM. A run continued from FSDP's per-rank checkpoint ends the same.
+    With the online target: the EMA target does not run under FSDP yet (the next test)."""
+    micro_distill = with_overrides(micro_distill, {"distill": {"target": "online"}})
     run_trajectories(micro_distill)
     _write_params(micro_distill)
     for mode in ("ddp", "fsdp"):
@@ -274,6 +276,16 @@ def test_fsdp_trains_what_data_parallelism_trains_and_resumes_from_its_shards(wo
     assert any(".lora_A." in name for name in ddp) and fsdp.keys() == ddp.keys()
     for name, value in ddp.items():
         torch.testing.assert_close(fsdp[name], value, atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="the EMA update pairs the unsharded EMA copy with "
+                   "the student's FSDP shards (trainer.py's train_step): shapes differ at the first step")
+def test_fsdp_trains_the_ema_target_of_params_yaml(workspace, micro_distill):
+    """params.yaml's distill.target (ema) under FSDP, as `launch.config_file: configs/accelerate/fsdp.yaml` runs it."""
+    assert micro_distill.distill.target == "ema"
+    run_trajectories(micro_distill)
+    _write_params(with_overrides(micro_distill, {"semantic": {"steps": 1}}))
+    _torchrun_harness("semantic", "fsdp")
 
 
 def test_bf16_autocast_keeps_fp32_master_weights_and_checkpointing_changes_no_result(workspace, micro_distill):

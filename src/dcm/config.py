@@ -99,7 +99,7 @@ class ModelParams(_Section):
     @field_validator("backbone")
     @classmethod
     def _registered(cls, backbone: str) -> str:
-        from dcm.models import BACKBONES  # the registry of adapters, which sits above this layer
+        from dcm.models import BACKBONES  # the adapters' registry; imported here: it loads torch
 
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone; allowed: {', '.join(BACKBONES)} (dcm.models.BACKBONES)")

@@ -165,7 +165,8 @@ def export_wan_pipeline(params: Params, layout: Layout = Layout(), out_dir: Path
     _require(teacher_dir / META, "the teacher directory's backbone.json", "teacher")
     link = json.loads((teacher_dir / META).read_text())
     if link["kind"] != WanBackbone.kind:
-        raise ExportError(f"{teacher_dir / META} points at a {link['kind']!r} backbone, params say {WanBackbone.kind!r}")
+        raise ExportError(f"{teacher_dir / META} points at a {link['kind']!r} backbone, params say "
+                          f"{WanBackbone.kind!r}")
     WanBackbone.check(link["path"])
     kind = _checked_students(params, layout)
 
@@ -210,7 +211,8 @@ def _pipeline_readme(out_dir: Path, params: Params, info: dict) -> str:
     m, k = params.model, info["steps"]
     dcm_row = (_sigma_row(info["dcm_sigmas"], info["dcm_experts"]) if info["dcm_sigmas"]
                else f"n/a: {info['dcm_schedule_note']}")
-    seq = "" if info["max_sequence_length"] == WanBackbone.default_max_sequence_length else f", max_sequence_length={info['max_sequence_length']}"
+    seq = ("" if info["max_sequence_length"] == WanBackbone.default_max_sequence_length
+           else f", max_sequence_length={info['max_sequence_length']}")
     experts = ("`transformer` is the semantic expert, `transformer_2` the detail expert "
                f"({'LoRA merged, copied layers in' if info['detail_kind'] == 'pe' else 'full model'}); "
                f"`boundary_ratio` = {info['boundary_ratio']:.7f} = the boundary sigma {info['boundary_sigma']:.7f} "
