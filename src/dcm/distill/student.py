@@ -53,6 +53,16 @@ def _load_weights(student: nn.Module, state: dict) -> None:
         student.load_state_dict(state)
 
 
+def _free_root_after_forward(root: nn.Module, _inputs, _output) -> None:
+    """FSDP (version 1) keeps its root unit's gathered weights after a forward, for the backward that
+    follows; the EMA target has none, so the gathered copy would serve its next forward (and its saved
+    state) with the weights from before the EMA steps in between. Free it as the other units are."""
+    from torch.distributed.fsdp._runtime_utils import _reshard
+
+    if root._handle is not None:
+        _reshard(root, root._handle, free_unsharded_flat_param=True)
+
+
 class Student:
     """The trainable module, its AdamW and its target network. :meth:`prepare` hands the module and
     optimizer to accelerate; ``model`` is then what to call and ``raw`` the unwrapped module."""
@@ -64,18 +74,24 @@ class Student:
         self.optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=d.weight_decay)
         self.ema = copy.deepcopy(module).requires_grad_(False) if d.target == "ema" else None
 
-    def prepare(self, accelerator: Accelerator) -> None:
+    def prepare(self, accelerator: Accelerator, sharded: bool) -> None:
         self.model, self.optimizer = accelerator.prepare(self.module, self.optimizer)
         self.raw = accelerator.unwrap_model(self.model)
+        # under FSDP the EMA is sharded like the student, so each process moves its own shards towards the
+        # student's, and the target's forward gathers them as the student's does
+        self.ema_model = accelerator.prepare_model(self.ema) if sharded and self.ema is not None else self.ema
+        self.ema_raw = None if self.ema is None else accelerator.unwrap_model(self.ema_model)
         # the online target calls the prepared model: under FSDP the unwrapped one holds only this rank's shards
-        self.target = self.ema if self.ema is not None else self.model
+        self.target = self.ema_model if self.ema is not None else self.model
+        if sharded and self.ema is not None:
+            self.ema_model.register_forward_hook(_free_root_after_forward)
 
     def update_target(self) -> None:
         """One EMA step of the target towards the student (nothing for the online target)."""
         if self.ema is None:
             return
         with torch.no_grad():
-            for e, p in zip(trainable_parameters(self.ema), trainable_parameters(self.raw), strict=True):
+            for e, p in zip(trainable_parameters(self.ema_raw), trainable_parameters(self.raw), strict=True):
                 e.lerp_(p.detach(), 1 - self.ema_decay)
 
     def state_dict(self, accelerator: Accelerator, sharded: bool) -> dict:
@@ -84,7 +100,7 @@ class Student:
         full = accelerator.get_state_dict(self.model)
         state = {"student": _weights(self.raw, full), "optimizer": None if sharded else self.optimizer.state_dict()}
         if self.ema is not None:
-            state["ema"] = _weights(self.ema)
+            state["ema"] = _weights(self.ema_raw, accelerator.get_state_dict(self.ema_model) if sharded else None)
         return state
 
     def load_state_dict(self, state: dict) -> None:

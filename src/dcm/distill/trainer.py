@@ -124,7 +124,7 @@ class DistillRun:
             log.info("%s: resuming from %s at step %d", self.stage, self.checkpoint, self.step)
         acc = self.accelerator
         self.sharded = acc.distributed_type == DistributedType.FSDP
-        self.student.prepare(acc)
+        self.student.prepare(acc, self.sharded)
         self.method.prepare(acc, self.student.raw, self.sharded)
         self.rank_optimizers = self.out_dir / f"optimizer-rank{acc.process_index}.safetensors"  # FSDP: its shards
         if ckpt is not None and ckpt["optimizer"] is None:
