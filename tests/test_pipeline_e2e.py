@@ -84,11 +84,17 @@ def test_repro_writes_the_teacher_and_its_report(repo):
     for key, entry in metrics.items():
         assert {"latency_s", "forward_passes", "total", "quality", "semantic", "psnr_vs_teacher"} <= entry.keys(), key
         assert entry["vbench_dimensions"] == "temporal_flickering"
+        lo, hi = entry["total_interval"]  # bootstrap over the run's videos
+        assert lo <= entry["total"] <= hi
+    latency = json.loads((repo / "artifacts/samples/latency.json").read_text())
+    assert {len(entry["rounds"]) for entry in latency.values()} == {1}  # smoke params: one interleaved round
+    assert len({entry["timed_with"] for entry in latency.values()}) == 1  # the toy world times all methods together
     for key in metrics:
         records = read_manifest(repo / "artifacts/samples" / key)
         assert [r["seed"] for r in records] == [r["seed"] for r in read_manifest(repo / "artifacts/samples/teacher@8")]
     report = (repo / "reports/report.md").read_text()
     assert "Table 1" in report and "Table 3" in report
+    assert "The paper's claims, decided over this run's videos" in report
     for figure in ("adjacent_l1.png", "noise_levels_lcm.png", "parameter_change.png", "methods_4step.png",
                    "methods_4step.gif"):
         assert (repo / "reports/figures" / figure).stat().st_size > 500, figure

@@ -34,8 +34,7 @@ def _params(kind: str, checkpoint, prompt_file, sample_prompts: str | None = Non
         "boundary": 2,
         "trajectories": {**MICRO_DISTILL["trajectories"], "prompt_file": str(prompt_file), "dtype": "float32"},
         "sample": {"methods": ["teacher", "dcm"], "steps": [2], "videos": 2, "videos_per_prompt": 2, "batch_size": 2,
-                   "prompt_file": sample_prompts or str(prompt_file), "latency_batch": 1, "latency_repeats": 1,
-                   "latency_min_seconds": 0},
+                   "prompt_file": sample_prompts or str(prompt_file), "latency_batch": 1, "latency_repeats": 1},
     }
 
 

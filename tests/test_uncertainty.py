@@ -4,7 +4,7 @@ videos, paired comparisons see a small consistent gain that unpaired intervals w
 import numpy as np
 import pytest
 
-from dcm.reporting.uncertainty import (
+from dcm.evaluation.uncertainty import (
     DIMENSIONS,
     NO,
     UNDECIDED,

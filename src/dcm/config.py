@@ -289,7 +289,7 @@ class SampleParams(_Section):
         "(trajectories.guidance_scale); undistilled: the same teacher at each student step count (the control); "
         "lcm, pcm, dcm: the students, guidance 1")
     steps: tuple[int, ...] = Field((2, 4, 8), description="student step counts (the teacher uses flow.steps)")
-    videos: int = Field(32, ge=1, description="videos per method and step count (held-out prompts and seeds); "
+    videos: int = Field(128, ge=1, description="videos per method and step count (held-out prompts and seeds); "
                         "with VBench's suite as prompt_file: how many of its prompts")
     videos_per_prompt: int = Field(5, ge=1, le=5, description="with VBench's suite: videos per prompt, named as "
                                    "VBench's standard mode expects (VBench uses 5)")
@@ -301,9 +301,8 @@ class SampleParams(_Section):
         "grid", description="students' steps: grid points (dcm's schedules) or the evenly spaced shifted sigmas "
         "of diffusers' FlowMatchEulerDiscreteScheduler, which an exported pipeline runs")
     latency_batch: int = Field(4, ge=1, description="videos per timed batch")
-    latency_repeats: int = Field(3, ge=1, description="fewest timed batches after one warm-up; the median is reported")
-    latency_min_seconds: float = Field(5.0, ge=0.0, description="keep timing batches until this much time is "
-                                       "measured, so fast students get many repeats")
+    latency_repeats: int = Field(10, ge=1, description="interleaved timing rounds after one warm-up: each round times "
+                                 "every method and step count once, in a shuffled order; the median is reported")
 
     @field_validator("steps")
     @classmethod

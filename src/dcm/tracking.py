@@ -120,7 +120,7 @@ def experiment_name() -> str:
 
 
 #: params that say how a run is executed or tracked, not what it computes
-NOT_CONFIG = ("tracking", "launch", "sample.latency_batch", "sample.latency_repeats", "sample.latency_min_seconds")
+NOT_CONFIG = ("tracking", "launch", "sample.latency_batch", "sample.latency_repeats")
 
 
 def config_tags(params: Params) -> dict[str, str]:

@@ -35,6 +35,7 @@ def mlflow_runs(params: Params) -> pd.DataFrame:
         "boundary": runs["tags.boundary"].astype(int),
         "seed": runs["params.distill.seed"].astype(int) if "params.distill.seed" in runs else 0,
         "config": runs["tags.dcm.config"] if "tags.dcm.config" in runs else None,
+        "run_id": runs["run_id"],
     })
     for column in runs.columns:
         if column.startswith(tuple(f"metrics.{m}_" for m in METHODS)):
@@ -73,3 +74,26 @@ def dvc_runs(cwd: Path | None = None) -> pd.DataFrame:
                         row[f"{key.replace('@', '_')}/{name}"] = values[name]
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def per_video_tables(parent_run_ids: list[str]) -> list[pd.DataFrame] | None:
+    """The evaluate stage's per-video table (``videos.csv``) of each DVC experiment's parent run, its
+    newest evaluate run's; None when one of them has none."""
+    import tempfile
+
+    import mlflow
+
+    tables = []
+    for parent in parent_run_ids:
+        child = mlflow.search_runs(search_all_experiments=True, order_by=["start_time DESC"], max_results=1,
+                                   filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.`dcm.stage` = 'evaluate'")
+        if child.empty:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = mlflow.artifacts.download_artifacts(run_id=child.run_id.iloc[0], artifact_path="videos.csv",
+                                                           dst_path=tmp)
+            except Exception:  # an older run without the table
+                return None
+            tables.append(pd.read_csv(path))
+    return tables

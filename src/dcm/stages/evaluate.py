@@ -61,11 +61,17 @@ def summarise(rows: list[dict], key: str, latency: dict, params: Params, teacher
               missing: dict[str, list[str]]) -> dict:
     """A folder's entry in ``reports/metrics.json``."""
     from dcm.evaluation.vbench_runner import vbench_scores
+    from dcm.evaluation.uncertainty import bootstrap_totals, interval, score_matrix
     from dcm.world.metrics import aggregate_scores
 
-    entry = {**(aggregate_scores(rows, params.world.to_config()) if params.model.toy_world else {}), **latency.get(key, {}), "videos": len(rows)}
+    world = params.world.to_config()
+    entry = {**(aggregate_scores(rows, world) if params.model.toy_world else {}),
+             **{k: v for k, v in latency.get(key, {}).items() if k != "rounds"}, "videos": len(rows)}
+    if params.model.toy_world:
+        boot = bootstrap_totals({key: [score_matrix(rows)]}, world)[key]
+        entry["total_interval"] = list(interval(boot))
     if teacher_key in latency and key in latency:
-        entry["speedup_vs_teacher"] = latency[teacher_key]["latency_s"] / latency[key]["latency_s"]
+        entry["speedup_vs_teacher"] = speedup(latency[teacher_key], latency[key])
     if "psnr_vs_teacher" in rows[0]:
         entry["psnr_vs_teacher"] = float(np.mean([r["psnr_vs_teacher"] for r in rows]))
         entry["ssim_vs_teacher"] = float(np.mean([r["ssim_vs_teacher"] for r in rows]))
@@ -77,6 +83,16 @@ def summarise(rows: list[dict], key: str, latency: dict, params: Params, teacher
     if missing:
         entry["vbench_missing"] = {dim: reasons for dim, reasons in sorted(missing.items())}
     return entry
+
+
+def speedup(slow: dict, fast: dict) -> float:
+    """How many times faster ``fast`` samples than ``slow``: the median of per-round ratios where both
+    were timed in the same interleaved rounds, else the ratio of their medians."""
+    import statistics
+
+    if slow.get("timed_with") == fast.get("timed_with") and "rounds" in slow and "rounds" in fast:
+        return statistics.median(a / b for a, b in zip(slow["rounds"], fast["rounds"], strict=True))
+    return slow["latency_s"] / fast["latency_s"]
 
 
 def run_evaluate(params: Params, layout: Layout = Layout()) -> dict:

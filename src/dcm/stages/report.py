@@ -6,7 +6,7 @@ import json
 
 from dcm.config import Params
 from dcm.errors import MissingInputError
-from dcm.layout import BUCKETS, STUDENT_MODEL, STUDENT_STAGES, TRAJECTORY_MANIFEST, VALIDATION, Layout
+from dcm.layout import BUCKETS, LATENCY, STUDENT_MODEL, STUDENT_STAGES, TRAJECTORY_MANIFEST, VALIDATION, Layout
 from dcm.tracking import stage_run
 
 
@@ -87,11 +87,32 @@ def analysis_figures(params: Params, layout: Layout) -> list[str]:
     return lines
 
 
+def evidence(params: Params, layout: Layout, runs):
+    """What the claims are decided on: this run's per-video scores and timing rounds, and the per-video
+    scores of the newest run of each seed of this configuration (None unless every one has them)."""
+    import pandas as pd
+
+    from dcm.reporting.claims import Evidence, per_video_scores
+    from dcm.reporting.runs import per_video_tables
+    from dcm.reporting.tables import newest_per_seed
+    from dcm.tracking import config_tags
+
+    world = params.world.to_config()
+    latency = json.loads((layout.samples / LATENCY).read_text()) if (layout.samples / LATENCY).exists() else {}
+    if not params.model.toy_world:  # no per-video Totals: only the timing claims
+        return Evidence({}, world, latency), None
+    this_run = Evidence(per_video_scores([pd.read_csv(layout.evaluation / "videos.csv")]), world, latency)
+    seeds = newest_per_seed(runs, config_tags(params)["dcm.config"])
+    tables = per_video_tables(list(seeds.run_id)) if len(seeds) > 1 else None
+    return this_run, (Evidence(per_video_scores(tables), world, latency) if tables else None)
+
+
 def run_report(params: Params, layout: Layout = Layout()) -> None:
     """Write ``reports/report.md`` and its figures; log them to MLflow."""
     import mlflow
 
     from dcm.io import atomic_write_text
+    from dcm.reporting.claims import decide_claims
     from dcm.reporting.documents import pipeline_report
     from dcm.reporting.runs import mlflow_runs
 
@@ -104,7 +125,15 @@ def run_report(params: Params, layout: Layout = Layout()) -> None:
     layout.figures.mkdir(parents=True, exist_ok=True)
     with stage_run("report", params):
         figures = analysis_figures(params, layout)
-        text = pipeline_report(metrics, f"teacher@{params.flow.steps}", mlflow_runs(params), figures, params)
+        runs = mlflow_runs(params)
+        teacher_key = f"teacher@{params.flow.steps}"
+        this_run, over_seeds = evidence(params, layout, runs)
+        seeded = over_seeds is not None and over_seeds.seeds > 1
+        basis = over_seeds if seeded else this_run
+        claims = decide_claims(basis, teacher_key)
+        text = pipeline_report(metrics, teacher_key, runs, figures, params, claims,
+                               f"over {basis.seeds} seeds and their videos" if seeded else "over this run's videos",
+                               {key: over_seeds.total(key) for key in over_seeds.boot} if seeded else None)
         atomic_write_text(layout.report, text)
         mlflow.log_artifact(str(layout.report))
         mlflow.log_artifacts(str(layout.figures), artifact_path="figures")

@@ -14,23 +14,44 @@ from dcm.tracking import stage_run
 log = logging.getLogger(__name__)
 
 
-def time_sampler(sampler, backbone, prompts: list[str], seeds: list[int], shape, params: Params) -> dict:
-    """Median seconds per video over at least ``latency_repeats`` batches and ``latency_min_seconds``
-    of timing, after one warm-up batch."""
+def time_interleaved(samplers: dict, backbone, prompts: list[str], seeds: list[int], shape, params: Params) -> dict:
+    """Seconds per video of every sampler, timed in ``latency_repeats`` interleaved rounds after one
+    warm-up each: a round times every sampler once, in a shuffled order, on the same batch, so slow
+    drift of the machine lands on all of them alike and per-round ratios compare like with like."""
+    import random
+
     from dcm.sampling import sample
 
     s = params.sample
     batch_p, batch_s = prompts[:s.latency_batch], seeds[:s.latency_batch]
-    sample(sampler, backbone, batch_p, batch_s, shape, s.latency_batch)  # warm-up
-    times = []
-    while len(times) < s.latency_repeats or sum(times) < s.latency_min_seconds:
+
+    def per_video(sampler) -> float:
         tick = time.perf_counter()
         sample(sampler, backbone, batch_p, batch_s, shape, s.latency_batch)
-        times.append(time.perf_counter() - tick)
-    per_video = statistics.median(times) / len(batch_p)
-    return {"latency_s": per_video, "per_step_s": per_video / sampler.steps, "steps": sampler.steps,
-            "forward_passes": backbone.forward_passes(sampler.steps, sampler.guidance_scale),
-            "batch": len(batch_p), "repeats": len(times)}
+        return (time.perf_counter() - tick) / len(batch_p)
+
+    for sampler in samplers.values():
+        per_video(sampler)  # warm-up
+    rounds: dict[str, list[float]] = {key: [] for key in samplers}
+    order = random.Random(params.sample.seed)
+    for _ in range(s.latency_repeats):
+        keys = list(samplers)
+        order.shuffle(keys)
+        for key in keys:
+            rounds[key].append(per_video(samplers[key]))
+    group = ",".join(samplers)
+    return {key: {"latency_s": statistics.median(times), "per_step_s": statistics.median(times) / samplers[key].steps,
+                  "steps": samplers[key].steps,
+                  "forward_passes": backbone.forward_passes(samplers[key].steps, samplers[key].guidance_scale),
+                  "batch": len(batch_p), "rounds": times, "timed_with": group}
+            for key, times in rounds.items()}
+
+
+def timing_groups(params: Params) -> list[tuple[str, ...]]:
+    """Methods timed together: every method on the toy world (all fit in memory at once); one method at a
+    time on a real backbone, where several 14B students would not."""
+    methods = tuple(params.sample.methods)
+    return [methods] if params.model.toy_world else [(m,) for m in methods]
 
 
 def run_sample(params: Params, layout: Layout = Layout()) -> dict:
@@ -62,15 +83,28 @@ def run_sample(params: Params, layout: Layout = Layout()) -> dict:
             sampler = dataclasses.replace(loaded, steps=steps, sigmas=sigmas)
             key = f"{method}@{steps}"
             target = layout.samples / key
-            latents = sample(sampler, backbone, prompts, seeds, shape, params.sample.batch_size)
+            latents = sample(sampler, backbone, prompts, seeds, shape, params.sample.batch_size, progress=True)
             records = []
             for latent, prompt, seed, name in zip(latents, prompts, seeds, names, strict=True):
                 write_mp4(target / name, to_video(backbone.decode_latents(latent[None])[0]))
                 records.append({"file": name, "prompt": prompt, "seed": seed, "method": method, "steps": steps,
                                 "guidance_scale": sampler.guidance_scale})
             write_manifest(target, records)  # last: a folder with a manifest is complete
-            latency[key] = time_sampler(sampler, backbone, prompts, seeds, shape, params)
-            log_metrics({f"{key}/latency_s": latency[key]["latency_s"]})
-            log.info("sample: %s %.4f s per video", key, latency[key]["latency_s"])
+        loaded = None
+        for group in timing_groups(params):
+            samplers = {}
+            for method in group:
+                method_sampler = load_sampler(method, plan_steps(plan, method)[0], backbone, params, layout)
+                samplers |= {f"{method}@{k}": dataclasses.replace(method_sampler, steps=k, sigmas=schedules[method, k])
+                             for k in plan_steps(plan, method)}
+            latency |= time_interleaved(samplers, backbone, prompts, seeds, shape, params)
+        for key, entry in latency.items():
+            log_metrics({f"{key}/latency_s": entry["latency_s"]})
+            log.info("sample: %s %.4f s per video (median of %d interleaved rounds)", key, entry["latency_s"],
+                     len(entry["rounds"]))
         write_json(layout.samples / LATENCY, latency)
     return latency
+
+
+def plan_steps(plan: list[tuple[str, int]], method: str) -> list[int]:
+    return [k for m, k in plan if m == method]
