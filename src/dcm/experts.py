@@ -33,6 +33,11 @@ def _set_lora(model: nn.Module, enabled: bool) -> None:
             module._disable_adapters = not enabled
 
 
+def _merged_weight(layer: BaseTunerLayer) -> nn.Parameter:
+    """The layer's base weight with its LoRA delta added."""
+    return nn.Parameter(layer.get_base_layer().weight + layer.get_delta_weight(ADAPTER), requires_grad=False)
+
+
 def _split(name: str) -> tuple[str, str]:
     parent, _, child = name.rpartition(".")
     return parent, child
@@ -59,7 +64,7 @@ class ParameterEfficientExpert(nn.Module):
             else:
                 self.copy_modules[key] = copy.deepcopy(original).requires_grad_(True)
         _set_lora(base, False)
-        self._merged: list[nn.Parameter] | None = None  # see fused()
+        self._merged: list[tuple[nn.Module, nn.Parameter]] | None = None  # see fused()
 
     def _get(self, name: str):
         parent, child = _split(name)
@@ -105,14 +110,13 @@ class ParameterEfficientExpert(nn.Module):
         originals = {name: self._get(name) for name in self.timestep_layers}
         for name in self.timestep_layers:
             self._set(name, self.copy_of(name))
-        layers = [m.get_base_layer() for m in self.base.modules() if isinstance(m, BaseTunerLayer)]
-        if self._merged is None:
+        if self._merged is None:  # (base layer, merged weight) per LoRA layer, found and merged once
             with torch.no_grad():
-                self._merged = [nn.Parameter(m.get_base_layer().weight + m.get_delta_weight(ADAPTER),
-                                             requires_grad=False)
+                self._merged = [(m.get_base_layer(), _merged_weight(m))
                                 for m in self.base.modules() if isinstance(m, BaseTunerLayer)]
+        layers = [layer for layer, _ in self._merged]
         base_weights = [layer.weight for layer in layers]
-        for layer, merged in zip(layers, self._merged, strict=True):
+        for layer, merged in self._merged:
             layer.weight = merged
         try:
             yield self.base  # LoRA stays switched off: it is in the weights
