@@ -98,13 +98,17 @@ STAGE_COMMANDS: dict[str, tuple[str, Callable[[Any], None] | None]] = {
         "Sample every method of sample.methods (teacher at flow.steps with CFG; undistilled, the teacher\n"
         "with CFG, and lcm, pcm and dcm with guidance 1 at each of sample.steps) on the same held-out prompts "
         "and initial noise, into\n"
-        "artifacts/samples/<method>@<steps>/ (mp4 + manifest.jsonl), and time each one.", None),
+        "artifacts/samples/<method>@<steps>/ (mp4 + manifest.jsonl); then time them in sample.latency_repeats\n"
+        "interleaved rounds (each round times every method and step count once, in a shuffled order).", None),
     "evaluate": (
         "Score artifacts/samples: toy-world Semantic/Quality/Total, PSNR and SSIM against the teacher,\n"
         "and VBench (temporal_flickering, plus any dimension whose weights are under $VBENCH_CACHE_DIR).\n"
-        "Writes reports/metrics.json and reports/evaluation/videos.csv.", None),
+        "Writes reports/metrics.json (each Total with its 95% bootstrap interval over videos) and\n"
+        "reports/evaluation/videos.csv.", None),
     "report": (
-        "Write reports/report.md (Table 1 and Table 3 analogs) and reports/figures/ (loss and grad norm by\n"
+        "Write reports/report.md (Table 1 and Table 3 analogs, and the paper's claims decided with bootstrap\n"
+        "intervals: yes or no only when the margin's interval is clear of zero, else within noise) and\n"
+        "reports/figures/ (loss and grad norm by\n"
         "noise level, adjacent-step L1 with the boundary, parameter change by module type, and a 4-step\n"
         "side-by-side grid and GIF); log all of it to MLflow.", None),
 }
