@@ -48,6 +48,23 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
         "world": {"textures": "random"}, "model": {"tiny": {"patch_size": [1, 4, 4]}}}),
 }
 FEW_STEPS = (2, 4, 8, 50)
+FINDINGS = """## Findings so far
+
+- **Random textures present the detail failure.** The committed teacher (periodic textures) keeps 0.90
+  of its detail at 4 Euler steps and 0.97 at 8 (`hf_ratio` 0.85 and 0.95): nothing for a detail expert
+  to fix. The short `v2_p144` teacher keeps 0.43 at 4 steps and 0.69 at 8 (`hf_ratio` 0.40 and 0.79)
+  against 0.87 at 50 (`hf_ratio` 1.06): few-step samples are visibly blurred, as on real video.
+- **Tokens of two frames cause the committed teacher's jitter.** Its frames 1-2, 3-4, ... are 0.49 px
+  further apart than its frames 0-1, 2-3, ... at 50 steps (0.68-0.76 at 4 and 8; truth -0.005): each
+  token draws its two frames too close together. With per-frame tokens the alternation falls to
+  0.09-0.12 px. The RMS jitter of the short per-frame teacher (0.51 px) is not yet below the committed
+  teacher's (0.32 px): it has trained 1,500 steps against 5,500.
+- **Shape is still at chance at 1,500 steps** (0.39), as every candidate of the teacher study was at
+  that budget (`reports/studies/teacher_recipe.md`); colour and direction are learned, texture class
+  0.77 at 50 steps.
+- Next: continue `v2_p144` to the committed recipe's budget (a second cosine from its last step,
+  `teacher.restarts`), then a short LCM on it, before the full teacher v2.
+"""
 
 
 def candidate_params(name: str, steps: int | None = None):
@@ -173,7 +190,7 @@ def report(_: argparse.Namespace) -> None:
              "Each candidate's short teacher (the `teacher` stage's code, `params.yaml` plus the overrides, one",
              "thread) sampled with its own Euler steps on 64 *validation* videos (guidance as `teacher_eval`);",
              "`truth` is the ground-truth render scored the same way. `hf_ratio` and `jitter_px` are this",
-             "study's own measures, `alternation_px` too (see `research/world_study.py`).", ""]
+             "study's own measures, `alternation_px` too (see `research/world_study.py`).", "", FINDINGS]
     for path in sorted(OUT_DIR.glob("few_step_*.csv")):
         name = path.stem.removeprefix("few_step_")
         what, overrides = CANDIDATES.get(name, ("the committed teacher (params.yaml)", {}))
