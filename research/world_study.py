@@ -153,7 +153,7 @@ def few_step(args: argparse.Namespace) -> None:
     from dcm.io import write_csv
     from dcm.models.tiny import load_tiny_backbone
     from dcm.teacher.probes import sample_videos
-    from dcm.world.metrics import aggregate_scores, evaluate_video
+    from dcm.evaluation.samples import score_samples
     from dcm.world.render import render_video
 
     torch.set_num_threads(args.threads)
@@ -167,7 +167,7 @@ def few_step(args: argparse.Namespace) -> None:
         tick = time.perf_counter()
         videos = truths if steps == 0 else sample_videos(backbone, backbone.transformer, items, params, steps,
                                                          params.teacher_eval.guidance_scale)
-        scores = aggregate_scores([evaluate_video(v, p, world) for v, (p, _) in zip(videos, items, strict=True)], world)
+        scores = score_samples(videos, items, world).aggregate
         rows.append({"candidate": args.name, "steps": steps or "truth", "total": scores["total"],
                      "quality": scores["quality"], "semantic": scores["semantic"], "detail": scores["detail"],
                      "motion_smoothness": scores["motion_smoothness"], "object_class": scores["object_class"],
