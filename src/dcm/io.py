@@ -203,3 +203,31 @@ def read_manifest(directory: str | Path) -> list[dict[str, Any]]:
     if not records:
         raise SampleFolderError(f"{path} lists no videos")
     return records
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    import hashlib
+
+    with Path(path).open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def read_shard(path: Path, entry: dict, manifest_path: Path, verify_hash: bool,
+               error: type[Exception]) -> dict[str, torch.Tensor]:
+    """A safetensors shard listed in a manifest (``entry``: its ``bytes`` and ``sha256``), checked
+    first: a missing, truncated, replaced or corrupted shard raises ``error`` naming it."""
+    from safetensors.torch import load_file
+
+    if not path.exists():
+        raise error(f"shard {path} listed in {manifest_path} is missing")
+    if path.stat().st_size != entry["bytes"]:
+        raise error(f"shard {path} has {path.stat().st_size} bytes, the manifest says {entry['bytes']} "
+                    "(truncated or replaced)")
+    if verify_hash and sha256_file(path) != entry["sha256"]:
+        raise error(f"shard {path} does not match its sha256 in {manifest_path} (corrupted)")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises several types for damaged files
+        raise error(f"shard {path} cannot be read: {err}") from err
+

@@ -9,7 +9,6 @@ most the shard in progress. Under ``accelerate launch`` each process writes its 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -18,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from dcm import flow
 from dcm.config import Params
 from dcm.errors import DcmError
-from dcm.io import atomic_path, write_json
+from dcm.io import atomic_path, read_shard, sha256_file, write_json
 from dcm.models.base import Backbone
 from dcm.data.prompts import read_prompts
 from dcm.guidance import initial_noise
@@ -69,14 +68,6 @@ def prompt_set(params: Params) -> list[tuple[str, int]]:
         order = np.random.default_rng(t.seed).permutation(len(toy))
         prompts = [toy[i].text for i in order]
     return [(prompts[i % len(prompts)], seed) for i, seed in enumerate(distill_seeds(t.videos, t.seed))]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _shard_name(index: int) -> str:
@@ -153,7 +144,7 @@ def generate(params: Params, backbone: Backbone, out_dir: Path, accelerator: Acc
             save_file({"latents": torch.cat(latents).contiguous(), "prompt_embeds": torch.cat(embeds).contiguous()},
                       str(tmp))
         write_json(f"{shard}.json", {"spec": _jsonable(spec), "items": [list(i) for i in chunk],
-                                     "sha256": _sha256(shard), "bytes": shard.stat().st_size})
+                                     "sha256": sha256_file(shard), "bytes": shard.stat().st_size})
     bar.close()
     accelerator.wait_for_everyone()
     manifest = out_dir / MANIFEST
@@ -226,17 +217,7 @@ def load(directory: Path, expected: TrajectorySpec, verify_hash: bool = True) ->
     dtype = getattr(torch, expected.dtype)
     for entry in manifest["shards"]:
         path = directory / entry["file"]
-        if not path.exists():
-            raise TrajectoryError(f"shard {path} listed in {manifest_path} is missing")
-        if path.stat().st_size != entry["bytes"]:
-            raise TrajectoryError(f"shard {path} has {path.stat().st_size} bytes, the manifest says {entry['bytes']} "
-                                  "(truncated or replaced)")
-        if verify_hash and _sha256(path) != entry["sha256"]:
-            raise TrajectoryError(f"shard {path} does not match its sha256 in {manifest_path} (corrupted)")
-        try:
-            tensors = load_file(str(path))
-        except Exception as err:  # safetensors raises several types for damaged files
-            raise TrajectoryError(f"shard {path} cannot be read: {err}") from err
+        tensors = read_shard(path, entry, manifest_path, verify_hash, TrajectoryError)
         lat = tensors.get("latents")
         want = (entry["count"], len(expected.stored), *expected.shape)
         if lat is None or tuple(lat.shape) != want or lat.dtype != dtype:
@@ -246,4 +227,4 @@ def load(directory: Path, expected: TrajectorySpec, verify_hash: bool = True) ->
         embeds.append(tensors["prompt_embeds"])
         prompts.extend(entry["prompts"])
     sigmas = torch.tensor(manifest["grid_sigmas"], dtype=torch.float32)
-    return Trajectories(torch.cat(latents), torch.cat(embeds), prompts, sigmas, expected, _sha256(manifest_path))
+    return Trajectories(torch.cat(latents), torch.cat(embeds), prompts, sigmas, expected, sha256_file(manifest_path))

@@ -19,7 +19,6 @@ skipped with a warning naming it and counted in ``summary.json``. On the toy wor
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 from collections import Counter
@@ -30,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from dcm.data.splits import distill_seeds
 from dcm.data.video_frames import Skip, read_clip
 from dcm.errors import DcmError
-from dcm.io import atomic_path, atomic_write_text, write_json, write_mp4
+from dcm.io import atomic_path, atomic_write_text, read_shard, sha256_file, write_json, write_mp4
 from dcm.models.base import Backbone
 from dcm.world.grammar import Prompt, all_prompts
 from dcm.world.render import WorldConfig, render_video
@@ -167,11 +166,6 @@ def _shard_name(index: int) -> str:
     return f"shard-{index:05d}.safetensors"
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def _rows_of(records: list[VideoRecord]) -> list[list[str]]:
     return [[r.file_name, r.text] for r in records]
 
@@ -263,7 +257,7 @@ def encode_dataset(records: list[VideoRecord], backbone: Backbone, spec: Dataset
             save_file(tensors, str(tmp))
         write_json(f"{shard}.json", {"spec": _jsonable(spec), "rows": _rows_of(shards[index]),
                                      "kept": _rows_of(kept), "skipped": skipped,
-                                     "sha256": _sha256(shard), "bytes": shard.stat().st_size})
+                                     "sha256": sha256_file(shard), "bytes": shard.stat().st_size})
     bar.close()
     accelerator.wait_for_everyone()
     sidecars = [json.loads((out_dir / f"{_shard_name(i)}.json").read_text()) for i in range(len(shards))]
@@ -297,20 +291,6 @@ class VideoLatents:
     manifest_sha256: str
 
 
-def _read_shard(path: Path, entry: dict, manifest_path: Path, verify_hash: bool) -> dict[str, torch.Tensor]:
-    if not path.exists():
-        raise DatasetShardError(f"shard {path} listed in {manifest_path} is missing")
-    if path.stat().st_size != entry["bytes"]:
-        raise DatasetShardError(f"shard {path} has {path.stat().st_size} bytes, the manifest says {entry['bytes']} "
-                                "(truncated or replaced)")
-    if verify_hash and _sha256(path) != entry["sha256"]:
-        raise DatasetShardError(f"shard {path} does not match its sha256 in {manifest_path} (corrupted)")
-    try:
-        return load_file(str(path))
-    except Exception as err:  # safetensors raises several types for damaged files
-        raise DatasetShardError(f"shard {path} cannot be read: {err}") from err
-
-
 def load(directory: str | Path, expected: DatasetSpec, verify_hash: bool = True) -> VideoLatents:
     """Load and check every shard; anything that does not match is a :class:`DatasetShardError`."""
     directory = Path(directory)
@@ -326,7 +306,7 @@ def load(directory: str | Path, expected: DatasetSpec, verify_hash: bool = True)
     latents, embeds, prompts = [], [], []
     for entry in manifest["shards"]:
         path = directory / entry["file"]
-        tensors = _read_shard(path, entry, manifest_path, verify_hash)
+        tensors = read_shard(path, entry, manifest_path, verify_hash, DatasetShardError)
         for key, shape in (("latents", expected.shape), ("prompt_embeds", expected.text_shape)):
             tensor, want = tensors.get(key), (entry["count"], *shape)
             if tensor is None or tuple(tensor.shape) != want or tensor.dtype != dtype:
@@ -335,7 +315,7 @@ def load(directory: str | Path, expected: DatasetSpec, verify_hash: bool = True)
         latents.append(tensors["latents"])
         embeds.append(tensors["prompt_embeds"])
         prompts.extend(entry["prompts"])
-    return VideoLatents(torch.cat(latents), torch.cat(embeds), prompts, expected, _sha256(manifest_path))
+    return VideoLatents(torch.cat(latents), torch.cat(embeds), prompts, expected, sha256_file(manifest_path))
 
 
 def toy_dataset_items(videos: int, seed: int) -> list[tuple[Prompt, int]]:
