@@ -15,6 +15,7 @@ measures of this script's own that do not use the evaluator:
   jumps between tokens (ground truth: 0).
 
     python research/world_study.py run v2_p144 --steps 1500 --threads 1
+    python research/world_study.py run v2_p144 --steps 5500 --restarts 1500 --eval-every 500   # continue it
     python research/world_study.py few-step v2_p144            # or `committed`: artifacts/teacher/model
     python research/world_study.py report
 
@@ -67,7 +68,8 @@ FINDINGS = """## Findings so far
 """
 
 
-def candidate_params(name: str, steps: int | None = None):
+def candidate_params(name: str, steps: int | None = None, restarts: list[int] | None = None,
+                     eval_every: int | None = None):
     from dcm.config import load_params
 
     params = load_params(ROOT / "params.yaml")
@@ -76,7 +78,8 @@ def candidate_params(name: str, steps: int | None = None):
     if name not in CANDIDATES:
         raise SystemExit(f"unknown candidate {name!r}; known: committed, {', '.join(CANDIDATES)}")
     overrides = CANDIDATES[name][1]
-    teacher = {"restarts": [], "checkpoint_every": 100, **({"steps": steps, "eval_every": steps} if steps else {})}
+    teacher = {"restarts": restarts or [], "checkpoint_every": 100,
+               **({"steps": steps, "eval_every": eval_every or steps} if steps else {})}
     merged = {**overrides, "teacher": {**overrides.get("teacher", {}), **teacher},
               "tracking": {"experiment": "dcm-world-study"}}
     return params.with_overrides(merged)
@@ -91,7 +94,7 @@ def run(args: argparse.Namespace) -> None:
     from dcm.tracking import stage_run
 
     torch.set_num_threads(args.threads)
-    params = candidate_params(args.name, args.steps)
+    params = candidate_params(args.name, args.steps, args.restarts, args.eval_every)
     tick = time.perf_counter()
     with stage_run(f"world_study:{args.name}", params, {"study.candidate": args.name}):
         train_teacher(params, STUDY_DIR / args.name)
@@ -214,6 +217,9 @@ def main(argv: list[str]) -> None:
     r = sub.add_parser("run", help="train one candidate's short teacher (resumes if killed)")
     r.add_argument("name", choices=sorted(CANDIDATES))
     r.add_argument("--steps", type=int, default=1500)
+    r.add_argument("--restarts", type=int, nargs="*", default=[],
+                   help="continue a finished run: its last step starts a second cosine (teacher.restarts)")
+    r.add_argument("--eval-every", type=int, default=None, help="validation checks (default: at the end)")
     r.add_argument("--threads", type=int, default=1)
     r.set_defaults(func=run)
     f = sub.add_parser("few-step", help="score a candidate teacher's own 2/4/8/50-step samples")
