@@ -92,3 +92,41 @@ def test_claims_about_methods_not_sampled_are_skipped(base):
     rows = decide_claims(Evidence({TEACHER: [matrix], "dcm@4": [_worse(matrix, 0.001)]}, world), TEACHER)
     assert [r[0] for r in rows] == [CLAIMS[1]]
     assert rows[0][2] == "yes"
+
+
+def test_claims_over_seeds_read_each_seeds_per_video_table_from_mlflow(tmp_path, monkeypatch, base):
+    """`dcm grid seeds` leaves one DVC experiment per seed; the report finds each one's newest evaluate
+    run in MLflow and its per-video table, so the intervals cover seeds and videos."""
+    import mlflow
+    import pandas as pd
+
+    from dcm.config import Params
+    from dcm.evaluation.uncertainty import DIMENSIONS
+    from dcm.reporting.claims import per_video_scores
+    from dcm.reporting.runs import mlflow_runs, per_video_tables
+    from dcm.reporting.tables import newest_per_seed
+    from dcm.tracking import config_tags, stage_run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    world, matrix = base
+    logged = {}
+    for seed in (0, 1):
+        params = Params().with_overrides({"distill": {"seed": seed}})
+        monkeypatch.setenv("DVC_EXP_NAME", f"seed-{seed}")
+        frame = pd.DataFrame(_worse(matrix, 0.01 * seed), columns=list(DIMENSIONS))
+        frame.insert(0, "key", "dcm@4")
+        frame.insert(1, "prompt", [f"p{i}" for i in range(len(frame))])
+        frame.insert(2, "seed", range(len(frame)))
+        frame.to_csv(tmp_path / "videos.csv", index=False)
+        with stage_run("evaluate", params):
+            mlflow.log_artifact(str(tmp_path / "videos.csv"))
+        logged[seed] = frame
+    runs = newest_per_seed(mlflow_runs(params), config_tags(params)["dcm.config"])
+    assert sorted(runs.seed) == [0, 1]
+    tables = per_video_tables(list(runs.run_id))
+    by_seed = {int(s): t for s, t in zip(runs.seed, tables, strict=True)}
+    for seed, frame in logged.items():
+        pd.testing.assert_frame_equal(by_seed[seed][frame.columns], frame, check_dtype=False)
+    assert [m.shape for m in per_video_scores(tables)["dcm@4"]] == [matrix.shape, matrix.shape]
