@@ -83,6 +83,17 @@ def link(target: Path, at: Path) -> None:
     at.symlink_to(target.resolve(), target_is_directory=True)
 
 
+def validation_set(params) -> Path:
+    """The validation set every run is checked on (the ``validation`` stage's code), made once."""
+    from dcm.data.validation_set import ITEMS, make
+    from dcm.models import load_backbone
+
+    out = STUDY_DIR / f"validation-{params.distill.validate_videos}"
+    if not (out / ITEMS).exists():
+        make(params, load_backbone(ROOT / "artifacts" / "teacher" / "model"), out)
+    return out
+
+
 def trajectories_dir(videos: int) -> Path:
     return STUDY_DIR / f"trajectories-{videos}"
 
@@ -126,6 +137,7 @@ def run(args: argparse.Namespace) -> None:
     link(trajectories_dir(args.videos), root / "artifacts" / "trajectories")
     if args.semantic:
         link(STUDY_DIR / args.semantic / "artifacts" / "semantic", root / "artifacts" / "semantic")
+    link(validation_set(params), root / "artifacts" / "validation")
     spec_path.write_text(json.dumps(spec, indent=1) + "\n")
     check_inputs(params, args.stage, Layout(root))
     tick = time.perf_counter()

@@ -20,14 +20,22 @@ from safetensors.torch import load_file
 from dcm.distill.methods import StudentPlan
 from dcm.io import load_checkpoint
 from dcm.launch import LAUNCHED_MARKERS
-from dcm.layout import CHECKPOINT
+from dcm.distill.probes import CollapseError
+from dcm.layout import CHECKPOINT, HEALTHY_CHECKPOINT
 from dcm.stages.distill import run_distill
 from dcm.stages.trajectories import run_trajectories
+from dcm.stages.validation import run_validation
 
 from conftest import with_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 ART = Path("artifacts")
+
+
+def prepare(params):
+    """What DVC runs before a distillation stage: the trajectories and the validation set."""
+    run_trajectories(params)
+    run_validation(params)
 
 
 def _weights(stage: str) -> dict[str, torch.Tensor]:
@@ -45,7 +53,7 @@ def _record(stage: str) -> dict:
 
 
 def test_every_stage_trains_its_student(workspace, micro_distill):
-    run_trajectories(micro_distill)
+    prepare(micro_distill)
     infos = {stage: run_distill(micro_distill, stage) for stage in ("semantic", "detail", "lcm", "pcm")}
     records = {stage: _record(stage) for stage in infos}
     n = micro_distill.flow.steps
@@ -77,7 +85,7 @@ def test_every_stage_trains_its_student(workspace, micro_distill):
 def test_training_lowers_the_consistency_loss_on_a_fixed_batch(workspace, micro_distill):
     """The probe batch of the bucket figure is the same draw at every probe: its loss falls."""
     params = with_overrides(micro_distill, {"lcm": {"steps": 30, "lr": 1e-3}, "distill": {"bucket_every": 30}})
-    run_trajectories(params)
+    prepare(params)
     run_distill(params, "lcm")
     rows = pd.read_csv(ART / "lcm" / "buckets.csv")
     before, after = rows[rows.step == 1].loss.mean(), rows[rows.step == 30].loss.mean()
@@ -87,7 +95,7 @@ def test_training_lowers_the_consistency_loss_on_a_fixed_batch(workspace, micro_
 
 def test_detail_training_is_reproducible_whatever_was_drawn_before(workspace, micro_distill):
     """The LoRA and the discriminator start from the params' seed, not from the global generator."""
-    run_trajectories(micro_distill)
+    prepare(micro_distill)
     run_distill(micro_distill, "semantic")
     run_distill(micro_distill, "detail")
     (ART / "detail").rename(ART / "first")
@@ -99,7 +107,7 @@ def test_detail_training_is_reproducible_whatever_was_drawn_before(workspace, mi
 
 
 def test_od_and_gf_switches_change_what_trains(workspace, micro_distill):
-    run_trajectories(micro_distill)
+    prepare(micro_distill)
     od_only = with_overrides(micro_distill, {"ablation": {"od": True, "pe": False, "tc": False, "gf": False}})
     run_distill(od_only, "semantic")
     info = run_distill(od_only, "detail")
@@ -119,7 +127,7 @@ def test_od_and_gf_switches_change_what_trains(workspace, micro_distill):
 
 def test_the_g_weight_ramps_up_and_adapts_to_the_consistency_gradient(workspace, micro_distill):
     params = with_overrides(micro_distill, {"detail": {"g_weighting": "adaptive", "g_warmup_steps": 2}})
-    run_trajectories(params)
+    prepare(params)
     run_distill(params, "semantic")
     run_distill(params, "detail")
     runs = mlflow.search_runs(experiment_names=["dcm"])
@@ -134,7 +142,7 @@ def test_kill_9_then_rerun_ends_with_the_same_weights(workspace, micro_distill):
     """The pipeline's EMA target (params.yaml's distill.target) is resumed from the checkpoint with the student."""
     params = with_overrides(micro_distill, {"semantic": {"steps": 40}, "distill": {"checkpoint_every": 5}})
     assert params.distill.target == "ema"
-    run_trajectories(params)
+    prepare(params)
     run_distill(params, "semantic")
     (ART / "semantic").rename(ART / "straight")
     straight = load_file(str(next((ART / "straight" / "model").glob("*.safetensors"))))
@@ -144,7 +152,8 @@ def test_kill_9_then_rerun_ends_with_the_same_weights(workspace, micro_distill):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = ART / "semantic" / CHECKPOINT
     deadline = time.time() + 300
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+    # the first checkpoint past step 0 (the step-0 validation keeps one of the untrained student)
+    while (not ckpt.exists() or load_checkpoint(ckpt)["step"] == 0) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
@@ -169,7 +178,7 @@ def test_a_stopped_detail_stage_resumes_its_discriminator_and_ema_target_exactly
     from dcm.distill import objective
 
     params = with_overrides(micro_distill, {"distill": {"target": "ema"}, "detail": {"steps": 4}})
-    run_trajectories(params)
+    prepare(params)
     run_distill(params, "semantic")
     run_distill(params, "detail")
     (ART / "detail").rename(ART / "straight")
@@ -180,7 +189,7 @@ def test_a_stopped_detail_stage_resumes_its_discriminator_and_ema_target_exactly
         return real(pred, target, c) * (float("nan") if calls["n"] == 3 else 1.0)
 
     monkeypatch.setattr(objective, "pseudo_huber", poisoned)
-    with pytest.raises(FloatingPointError, match="step 2"):
+    with pytest.raises(CollapseError, match="step 2: non-finite loss"):
         run_distill(params, "detail")
     monkeypatch.setattr(objective, "pseudo_huber", real)
     with caplog.at_level(logging.INFO, logger="dcm.distill.trainer"):
@@ -195,7 +204,7 @@ def test_a_stopped_detail_stage_resumes_its_discriminator_and_ema_target_exactly
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(workspace, micro_distill, monkeypatch):
     from dcm.distill import objective
 
-    run_trajectories(micro_distill)
+    prepare(micro_distill)
     params = with_overrides(micro_distill, {"semantic": {"steps": 6}})
     real = objective.pseudo_huber
     calls = {"n": 0}
@@ -205,11 +214,56 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(workspace, mic
         return real(pred, target, c) * (float("nan") if calls["n"] == 4 else 1.0)
 
     monkeypatch.setattr(objective, "pseudo_huber", poisoned)
-    with pytest.raises(FloatingPointError, match="step 3"):
+    with pytest.raises(CollapseError, match="step 3: non-finite loss"):
         run_distill(params, "semantic")
     ckpt = load_checkpoint(ART / "semantic" / CHECKPOINT)
     assert ckpt["step"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["student"].values())
+
+
+def test_a_collapsed_student_stops_the_stage_and_its_last_healthy_checkpoint_is_kept(workspace, micro_distill,
+                                                                                    monkeypatch):
+    """Output collapsed to one colour (LCM's output layer zeroed after step 3) fails the next validation:
+    the stage stops naming the check, the step and the healthy checkpoint of the validation before."""
+    from dcm.distill.trainer import DistillRun
+
+    params = with_overrides(micro_distill, {"lcm": {"steps": 8}, "distill": {"validate_every": 2}})
+    prepare(params)
+    train_step = DistillRun.train_step
+
+    def collapsing(self):
+        train_step(self)
+        if self.step == 3:
+            with torch.no_grad():
+                for name, p in self.student.raw.named_parameters():
+                    if name.startswith("proj_out"):
+                        p.zero_()
+
+    monkeypatch.setattr(DistillRun, "train_step", collapsing)
+    with pytest.raises(CollapseError, match=r"lcm collapsed at step 4: per-frame variance 0\.0+ of the teacher's.*"
+                                            r"last healthy checkpoint \(step 2\) is kept at "
+                                            r"artifacts/lcm/healthy-checkpoint\.safetensors"):
+        run_distill(params, "lcm")
+    healthy = load_checkpoint(ART / "lcm" / HEALTHY_CHECKPOINT)
+    assert healthy["step"] == 2 and [row["step"] for row in healthy["validation"]] == [0, 2]
+    assert any(float(v.abs().sum()) > 0 for k, v in healthy["student"].items() if k.startswith("proj_out"))
+    rows = pd.read_csv(ART / "lcm" / "validation.csv")
+    assert list(rows["step"]) == [0, 2, 4] and rows["frame_variance_ratio"].iloc[-1] < 0.01
+    assert rows["frame_variance_ratio"].iloc[:2].min() > params.distill.collapse_variance_ratio
+
+
+def test_the_validation_curve_compares_each_student_with_the_teacher(workspace, micro_distill):
+    """Every check logs PSNR and SSIM against the teacher's samples from the same noise and the statistics
+    that show collapse; on the toy world also its scores."""
+    params = with_overrides(micro_distill, {"lcm": {"steps": 4}, "distill": {"validate_every": 2}})
+    prepare(params)
+    run_distill(params, "lcm")
+    rows = pd.read_csv(ART / "lcm" / "validation.csv")
+    assert list(rows["step"]) == [0, 2, 4]
+    for key in ("psnr", "ssim", "saturation_ratio", "frame_change_ratio", "frame_variance_ratio", "total"):
+        assert rows[key].notna().all(), key
+    assert (rows["psnr"] > 10).all() and (rows["ssim"] > 0).all()
+    assert rows["psnr"].nunique() > 1  # the student moves off the teacher
 
 
 def test_two_cpu_processes_through_the_launch_params(workspace, micro_distill):
@@ -220,7 +274,7 @@ def test_two_cpu_processes_through_the_launch_params(workspace, micro_distill):
     _write_params(params)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT / "src")}
     logs = {}
-    for stage in ("trajectories", "distill"):
+    for stage in ("trajectories", "validation", "distill"):
         script = [sys.executable, str(ROOT / "stages" / f"{stage}.py"), *(["semantic"] if stage == "distill" else [])]
         result = subprocess.run(script, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -232,7 +286,7 @@ def test_two_cpu_processes_through_the_launch_params(workspace, micro_distill):
     assert (ART / "semantic" / "model" / "config.json").exists()
     runs = mlflow.search_runs(experiment_names=["dcm"])
     stages = runs[runs["tags.dcm.parent"] != "true"]
-    assert sorted(stages["tags.dcm.stage"]) == ["semantic", "trajectories"]  # one run each: main process only
+    assert sorted(stages["tags.dcm.stage"]) == ["semantic", "trajectories", "validation"]  # one run each: main process only
 
 
 def _torchrun_harness(stage: str, mode: str, keep_as: str | None = None) -> None:
@@ -253,7 +307,7 @@ def test_fsdp_trains_what_data_parallelism_trains_and_resumes_from_its_shards(wo
     the PE detail expert with GAN + FM. A run continued from FSDP's per-rank checkpoint ends the same.
     With the online target: the EMA target does not run under FSDP yet (the next test)."""
     micro_distill = with_overrides(micro_distill, {"distill": {"target": "online"}})
-    run_trajectories(micro_distill)
+    prepare(micro_distill)
     _write_params(micro_distill)
     for mode in ("ddp", "fsdp"):
         _torchrun_harness("semantic", mode, keep_as=f"semantic_{mode}")
@@ -282,7 +336,7 @@ def test_fsdp_trains_the_ema_target_of_params_yaml(workspace, micro_distill):
     """params.yaml's distill.target (ema) under FSDP, as `launch.config_file: configs/accelerate/fsdp.yaml`
     runs it: each process moves its shards of the EMA, and the gathered EMA is data parallelism's."""
     assert micro_distill.distill.target == "ema"
-    run_trajectories(micro_distill)
+    prepare(micro_distill)
     _write_params(with_overrides(micro_distill, {"semantic": {"steps": 3}}))
     _torchrun_harness("semantic", "fsdp", keep_as="semantic_fsdp")
     _torchrun_harness("semantic", "ddp", keep_as="semantic_ddp")
@@ -297,7 +351,7 @@ def test_fsdp_trains_the_ema_target_of_params_yaml(workspace, micro_distill):
 def test_bf16_autocast_keeps_fp32_master_weights_and_checkpointing_changes_no_result(workspace, micro_distill):
     """`distill.mixed_precision: bf16` computes in bf16 (the weights move differently) but keeps and
     saves fp32 weights; `distill.gradient_checkpointing` recomputes activations and learns the same."""
-    run_trajectories(micro_distill)
+    prepare(micro_distill)
     runs = {"fp32": {}, "bf16": {"mixed_precision": "bf16"}, "checkpointed": {"gradient_checkpointing": True}}
     weights = {}
     for name, distill_overrides in runs.items():  # one process each: accelerate fixes its precision once

@@ -175,3 +175,25 @@ def test_config_directory_of_another_backbone_is_refused():
     params = params_for_model("wan2.1-1.3b").with_overrides({"model": {"backbone": "cogvideox"}})
     with pytest.raises(ParamsError, match="'wan' model, but model.backbone = 'cogvideox'"):
         model_facts(params)
+
+
+def test_both_training_sources_are_priced_in_teacher_calls():
+    """Trajectories: flow.steps guided solves per video up front; data: one guided step per sample of every
+    semantic and detail step, online. The named source drops or keeps the trajectories stage."""
+    params = Params().with_overrides({"trajectories": {"guidance_scale": 3.0}})
+    facts = model_facts(params)
+    assert facts.guidance_branches == 2
+    est = estimate(params, 8, "fsdp", facts=facts)
+    by_name = {c.name: c for c in est.sources}
+    samples = (params.semantic.steps + params.detail.steps) * params.distill.batch_size * 8
+    assert by_name["trajectories"].upfront_calls == params.trajectories.videos * params.flow.steps * 2
+    assert by_name["trajectories"].online_calls == 0
+    assert (by_name["data"].upfront_calls, by_name["data"].online_calls) == (0, samples * 2)
+    assert by_name["data"].seconds / by_name["trajectories"].seconds == pytest.approx(
+        samples / (params.trajectories.videos * params.flow.steps))
+    assert "training points (distill.source = trajectories" in est.render()
+
+    from_data = estimate(params.with_overrides({"distill": {"source": "data"}}), 8, "fsdp", facts=facts)
+    assert [c.calls for c in from_data.sources] == [c.calls for c in est.sources]
+    assert "trajectories" not in [s.name for s in from_data.stages]
+    assert from_data.stage("semantic").seconds > est.stage("semantic").seconds  # its online teacher steps

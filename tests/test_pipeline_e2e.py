@@ -15,8 +15,8 @@ from dcm.io import read_manifest, read_mp4
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = yaml.safe_load((Path(__file__).parent / "smoke_params.yaml").read_text())
-STAGES = ["boundary", "detail", "evaluate", "lcm", "pcm", "report", "sample", "semantic", "teacher", "teacher_eval",
-          "trajectories"]
+STAGES = ["boundary", "dataset", "detail", "evaluate", "lcm", "pcm", "report", "sample", "semantic", "teacher",
+          "teacher_eval", "trajectories", "validation"]
 
 
 def smoke_params() -> dict:
@@ -134,6 +134,7 @@ def test_each_stage_logged_one_tagged_mlflow_run_at_the_repo_root(repo):
     ({"boundary": 3}, {"boundary", "semantic", "detail", "sample", "report"}),
     ({"pcm": {"phases": 4}}, {"pcm"}),
     ({"teacher_eval": {"videos": 2}}, {"teacher_eval"}),
+    ({"distill": {"source": "data"}}, {"dataset", "semantic", "detail", "lcm", "pcm", "report"}),
 ])
 def test_a_param_change_reruns_exactly_what_depends_on_it(repo, override, changed):
     repo, env, _ = repo
@@ -278,3 +279,23 @@ def test_a_grid_with_a_failing_experiment_fails_and_names_it(repo):
     finally:
         os.environ.clear()
         os.environ.update(old)
+
+
+def test_an_experiment_learning_from_the_rendered_dataset_runs_every_student_on_it(repo):
+    """`dvc exp run -S distill.source=data`: the dataset stage renders and encodes the toy world's ground
+    truth, every student learns from it (dvc.yaml's `artifacts/${distill.source}`), and the trajectories
+    are not regenerated."""
+    repo, env, _ = repo
+    out = _run(["dvc", "exp", "run", "--temp", "-n", "from-data", "-S", "distill.source=data",
+                "-S", "dataset.videos=4"], repo, env)
+    for stage in ("dataset", "semantic", "detail", "lcm", "pcm", "sample", "evaluate", "report"):
+        assert f"Running stage '{stage}'" in out, stage
+    assert "Running stage 'trajectories'" not in out
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["dcm"], output_format="pandas")
+    runs = runs[(runs["tags.dvc.exp_name"] == "from-data") & (runs["tags.dcm.parent"] != "true")]
+    dataset = runs[runs["tags.dcm.stage"] == "dataset"].iloc[0]
+    assert dataset["metrics.dataset_kept"] == 4 and dataset["metrics.dataset_skipped"] == 0
+    assert set(runs["params.distill.source"]) == {"data"}
+    semantic = runs[runs["tags.dcm.stage"] == "semantic"].iloc[0]
+    assert semantic["metrics.val_psnr"] > 0

@@ -13,6 +13,7 @@ from dcm.evaluation.vbench_suite import suite_prompts
 from dcm.layout import Layout
 from dcm.stages.boundary import run_boundary
 from dcm.stages.distill import run_distill
+from dcm.stages.validation import run_validation
 from dcm.stages.trajectories import run_trajectories
 from dcm.stages.evaluate import run_evaluate
 from dcm.stages.sample import run_sample
@@ -58,6 +59,7 @@ def test_a_real_backbone_runs_trajectories_both_experts_sampling_and_evaluation(
     assert backbone.kind == kind
 
     run_trajectories(params)
+    run_validation(params)
     manifest = json.loads((Layout().trajectories / "manifest.json").read_text())
     suggestion = run_boundary(params)  # no evaluator for a real backbone: the knee of the normalised change
     assert suggestion.method == "knee" and 1 <= suggestion.boundary <= params.flow.steps - 1

@@ -98,7 +98,7 @@ def test_trajectories_made_with_other_settings_are_refused(workspace, micro_dist
 
 
 def test_points_not_stored_come_from_an_online_teacher_step(workspace, micro_distill):
-    from dcm.distill.batches import Batch, previous_point
+    from dcm.distill.batches import Batch, TrajectorySource, previous_point
 
     run_trajectories(micro_distill)
     full = load(OUT, _spec(micro_distill))
@@ -108,7 +108,9 @@ def test_points_not_stored_come_from_an_online_teacher_step(workspace, micro_dis
     assert sparse.latents.shape[1] == micro_distill.flow.steps // 2 + 1
     backbone = load_backbone(TEACHER)
     points = torch.tensor([2, 4])  # stored; their predecessors 1 and 3 are not
-    batch = Batch(sparse, points, torch.zeros(2, dtype=torch.long), 4, torch.Generator().manual_seed(0))
-    online = previous_point(sparse, batch, backbone, backbone.encode_prompts([""]))
+    empty = backbone.encode_prompts([""])
+    source = TrajectorySource(sparse)
+    batch = Batch(source, points, torch.zeros(2, dtype=torch.long), 4, torch.Generator().manual_seed(0), empty)
+    online = previous_point(source, batch, backbone, empty)
     stored = full.at(batch.videos, batch.i - 1)
     torch.testing.assert_close(online, stored, atol=5e-3, rtol=5e-3)

@@ -78,6 +78,17 @@ STAGE_COMMANDS: dict[str, tuple[str, Callable[[Any], None] | None]] = {
         "artifacts/trajectories/ (shards + manifest.json). Finished shards are skipped on rerun;\n"
         "with launch.num_processes > 1 it re-launches itself under `accelerate launch` and each process\n"
         "writes its own shards.", None),
+    "dataset": (
+        "Encode a video dataset into artifacts/data/ (VAE latents and text embeddings in shards) for\n"
+        "distill.source: data. dataset.path: a folder of videos with metadata.jsonl or metadata.csv\n"
+        "(file_name, text; other column names via dataset.columns); on the toy world with no path, the\n"
+        "ground truth of dataset.videos training prompts is rendered first. Unreadable and too-short videos\n"
+        "are skipped, named in the log and counted in artifacts/data/summary.json. Finished shards are\n"
+        "skipped on rerun. With distill.source: trajectories there is nothing to do.", None),
+    "validation": (
+        "Make the fixed validation set the students are checked on while they train (every\n"
+        "distill.validate_every steps): distill.validate_videos prompts and noises and the teacher's own\n"
+        "flow.steps-step samples, in artifacts/validation/.", None),
     "boundary": (
         "Suggest the boundary from the teacher's trajectories (run `dcm trajectories` first): the grid\n"
         "index where the toy world's layout and motion are committed in 90% of the trajectories (for a\n"

@@ -196,6 +196,25 @@ class TrajectoryParams(_Section):
     seed: int = 1
 
 
+class DatasetParams(_Section):
+    """A video dataset the students learn from with ``distill.source: data`` (stage ``dataset``,
+    ``dcm.data.video_dataset``): encoded once to VAE latents and text embeddings."""
+
+    path: str | None = Field(None, description="a local folder of videos with metadata.jsonl or metadata.csv "
+                             "(file_name, text), or such a file; null on the toy world: its ground-truth renders")
+    columns: dict[str, str] = Field({}, description="metadata column of file_name and text when named otherwise, "
+                                    "e.g. OpenVid: {file_name: video, text: caption}")
+    videos_dir: str | None = Field(None, description="folder the file names are relative to (default: the "
+                                   "metadata file's)")
+    fps: float | None = Field(None, gt=0.0, description="resample clips to this frame rate; null: the first "
+                              "frames at the source rate")
+    videos: int = Field(256, ge=1, description="toy world: ground-truth videos to render (as trajectories.videos)")
+    shard_size: int = Field(16, ge=1, description="videos per shard file (the unit of resume)")
+    batch_size: int = Field(4, ge=1, description="clips per VAE encode")
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    seed: int = Field(1, description="toy world: which training prompts and seeds (as trajectories.seed)")
+
+
 class AblationParams(_Section):
     """The paper's Table 3 switches. Without ``od`` there is one vanilla model and no detail
     expert, so ``pe`` and ``gf`` have nothing to act on and are ignored (``tc`` still applies)."""
@@ -225,6 +244,20 @@ class DistillParams(_Section):
     mixed_precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="autocast with fp32 master weights (release: bf16); needs a GPU for bf16/fp16")
     gradient_checkpointing: bool = Field(False, description="recompute block activations in backward (release: on)")
+    source: Literal["trajectories", "data"] = Field(
+        "trajectories", description="where a training point x_i comes from: the teacher's stored ODE trajectories "
+        "(stage trajectories), or a dataset video's clean latent noised to grid point i (stage dataset), the "
+        "target then always one guided teacher Euler step from it (the release's recipe)")
+    caption_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="source data: share of captions replaced by "
+                                   "the empty prompt, for teacher and student alike (release: 0.1)")
+    collapse_variance_ratio: float = Field(0.2, ge=0.0, lt=1.0, description="collapse guard: stop when the "
+                                           "student's per-frame variance falls below this share of the teacher's "
+                                           "(solid colour); 0: off")
+    collapse_motion_ratio: float = Field(0.2, ge=0.0, lt=1.0, description="collapse guard: stop when the "
+                                         "student's frame-to-frame change falls below this share of the teacher's "
+                                         "(static video); 0: off")
+    collapse_psnr_drop: float = Field(10.0, ge=0.0, description="collapse guard: stop when the PSNR to the "
+                                      "teacher falls this many dB below its best so far; 0: off")
     seed: int = 0
 
 
@@ -336,6 +369,7 @@ class Params(_Section):
     teacher: TeacherParams = TeacherParams()
     teacher_eval: TeacherEvalParams = TeacherEvalParams()
     trajectories: TrajectoryParams = TrajectoryParams()
+    dataset: DatasetParams = DatasetParams()
     ablation: AblationParams = AblationParams()
     distill: DistillParams = DistillParams()
     launch: LaunchParams = LaunchParams()
@@ -371,6 +405,9 @@ class Params(_Section):
         if self.model.backbone == "tiny" and self.ablation.tc and self.semantic.tc_lag >= self.world.frames:
             raise ValueError(f"semantic.tc_lag = {self.semantic.tc_lag} must be below world.frames = "
                              f"{self.world.frames} (the tiny teacher's latents are its frames)")
+        if self.distill.source == "data" and not self.model.toy_world and not self.dataset.path:
+            raise ValueError(f"distill.source = 'data' on model.backbone = {self.model.backbone!r} needs dataset.path: "
+                             "a local folder of videos with metadata.jsonl or metadata.csv (file_name, text)")
         if self.pcm.phases > self.flow.steps:
             raise ValueError(f"pcm.phases = {self.pcm.phases} must be at most flow.steps = {self.flow.steps}")
         return self
@@ -398,14 +435,18 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "teacher_eval": ("model", "world", "flow", "teacher", "teacher_eval", "sample.prompt_file"),
     "trajectories": ("model", "world", "flow", "trajectories", "launch"),
     "boundary": ("model", "world", "flow", "trajectories", "boundary"),
-    "semantic": ("model", "boundary", "world", "flow", "trajectories", "ablation.od", "ablation.tc", "distill",
-                 "semantic", "launch"),
-    "detail": ("model", "boundary", "world", "flow", "trajectories", "ablation", "distill", "detail", "launch"),
-    "lcm": ("model", "world", "flow", "trajectories", "distill", "lcm", "launch"),
-    "pcm": ("model", "world", "flow", "trajectories", "distill", "pcm", "launch"),
+    "dataset": ("model", "world", "dataset", "distill.source", "launch"),
+    "validation": ("model", "world", "flow", "trajectories.guidance_scale", "trajectories.prompt_file",
+                   "distill.validate_videos"),
+    "semantic": ("model", "boundary", "world", "flow", "trajectories", "dataset", "ablation.od", "ablation.tc",
+                 "distill", "semantic", "launch"),
+    "detail": ("model", "boundary", "world", "flow", "trajectories", "dataset", "ablation", "distill", "detail",
+               "launch"),
+    "lcm": ("model", "world", "flow", "trajectories", "dataset", "distill", "lcm", "launch"),
+    "pcm": ("model", "world", "flow", "trajectories", "dataset", "distill", "pcm", "launch"),
     "sample": ("model", "boundary", "world", "flow", "trajectories.guidance_scale", "sample"),
     "evaluate": ("model.backbone", "world", "flow.steps", "sample", "evaluate"),
-    "report": ("boundary", "flow", "trajectories", "sample.methods"),
+    "report": ("boundary", "flow", "trajectories", "distill.source", "sample.methods"),
 }
 
 

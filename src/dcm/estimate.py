@@ -176,6 +176,20 @@ class StageCost:
 
 
 @dataclass
+class SourceCost:
+    """What one training source (``distill.source``) costs in teacher calls for a set of student steps."""
+
+    name: str
+    upfront_calls: int  # teacher transformer calls before distillation (the trajectories stage)
+    online_calls: int  # teacher calls inside the distillation steps, over all processes
+    seconds: float  # GPU seconds of all those calls together
+
+    @property
+    def calls(self) -> int:
+        return self.upfront_calls + self.online_calls
+
+
+@dataclass
 class Estimate:
     facts: ModelFacts
     processes: int
@@ -183,6 +197,8 @@ class Estimate:
     tflops: float
     stages: list[StageCost] = field(default_factory=list)
     host: dict[str, float] = field(default_factory=dict)  # host RAM per process, bytes
+    sources: list[SourceCost] = field(default_factory=list)  # both training sources, priced for these params
+    source: str = "trajectories"  # the one params.yaml names
     assumptions: list[str] = field(default_factory=list)
 
     def stage(self, name: str) -> StageCost:
@@ -214,6 +230,9 @@ class Estimate:
         lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
                   for r in [header, *rows]]
         lines += [""] + [f"  {s.name}: {s.what}" for s in self.stages]
+        lines += ["", f"training points (distill.source = {self.source}; both priced for these student steps)"]
+        lines += [f"  {c.name:<13}{c.upfront_calls:>14,} teacher calls up front + {c.online_calls:>12,} online "
+                  f"= {c.calls:>14,} calls, {c.seconds / 3600:.1f} GPU h" for c in self.sources]
         lines += ["", "host RAM per process: " + ", ".join(f"{k} {_size(v)}" for k, v in self.host.items()), "",
                   "assumptions"]
         lines += [f"  {i}. {a}" for i, a in enumerate(self.assumptions, 1)]
@@ -255,8 +274,10 @@ def estimate(params: Params, processes: int | None = None, sharding: Sharding | 
         latent *= size
     g = f.guidance_branches
     store = params.trajectories.store_every
-    online = (store - 1) / store  # share of previous points that need an online guided teacher step
-    est = Estimate(f, n, sharding, tflops)
+    from_data = d.source == "data"
+    # share of previous points that need an online guided teacher step: all of them from a dataset
+    online = 1.0 if from_data else (store - 1) / store
+    est = Estimate(f, n, sharding, tflops, source=d.source)
 
     def activations(batch: int, checkpointed: bool) -> float:
         per_block = f.video_tokens * f.width * act_bytes * batch
@@ -283,13 +304,20 @@ def estimate(params: Params, processes: int | None = None, sharding: Sharding | 
 
     t = params.trajectories
     traj_seconds = params.flow.steps * g * flops / per_sec
-    est.stages.append(StageCost(
-        "trajectories", f"{t.videos} videos x {params.flow.steps} steps x {g} transformer calls (CFG), no grad, "
-        f"videos split over {n} process(es)", 0,
-        {"teacher": 4.0 * f.teacher, "activations": inference_activations(t.batch_size * g),
-         "trajectory buffer": 4.0 * t.batch_size * (params.flow.steps + 1) * latent},
-        traj_seconds, "video", traj_seconds * -(-t.videos // n)))
+    if not from_data:
+        est.stages.append(StageCost(
+            "trajectories", f"{t.videos} videos x {params.flow.steps} steps x {g} transformer calls (CFG), no grad, "
+            f"videos split over {n} process(es)", 0,
+            {"teacher": 4.0 * f.teacher, "activations": inference_activations(t.batch_size * g),
+             "trajectory buffer": 4.0 * t.batch_size * (params.flow.steps + 1) * latent},
+            traj_seconds, "video", traj_seconds * -(-t.videos // n)))
     a = params.ablation
+    student_steps = params.semantic.steps + (params.detail.steps if a.od else 0)
+    samples = student_steps * d.batch_size * n  # (video, grid point) draws of the expert stages, all processes
+    for name, upfront, share in (("trajectories", t.videos * params.flow.steps * g, (store - 1) / store),
+                                 ("data", 0, 1.0)):
+        calls = int(round(samples * share * g))
+        est.sources.append(SourceCost(name, upfront, calls, (upfront + calls) * flops / per_sec))
     est.stages.append(training(
         "semantic", f"full fine-tune ({'semantic expert' if a.od else 'vanilla model'}), {params.semantic.steps} "
         f"steps of {d.batch_size}/process: forward + 2x backward + target forward", f.teacher, 0, 3.0,
@@ -313,8 +341,10 @@ def estimate(params: Params, processes: int | None = None, sharding: Sharding | 
                                 {"teacher": 4.0 * f.teacher, "activations": inference_activations(g)}, seconds, "video",
                                 seconds * params.sample.videos))
     stored = len(set(range(0, params.flow.steps + 1, store)) | {params.flow.steps})
-    est.host = {"trajectories held by each distillation process":
-                t.videos * stored * latent * {"float32": 4}.get(t.dtype, 2)}
+    est.host = ({"dataset latents per 1,000 videos, held by each distillation process":
+                 1000 * latent * {"float32": 4}.get(params.dataset.dtype, 2)} if from_data else
+                {"trajectories held by each distillation process":
+                 t.videos * stored * latent * {"float32": 4}.get(t.dtype, 2)})
     est.assumptions = [
         f"compute: {tflops:g} TFLOP/s sustained per GPU (--tflops); 400 is ~{100 * 400 / H100_PEAK:.0f}% MFU of an "
         f"H100 SXM's {H100_PEAK:g} dense bf16 TFLOP/s; fp32 runs are far slower than this",
@@ -344,6 +374,10 @@ def estimate(params: Params, processes: int | None = None, sharding: Sharding | 
         "transformer for OD) in fp32; note that the sample stage loads every (method, steps) generator at once",
         "host RAM: the distillation stages load every stored trajectory into each process's memory",
         "not counted: text encoder and VAE (prompt encoding, latent decoding), data loading, checkpoint writes",
+        "training points: trajectories cost trajectories.videos x flow.steps guided teacher solves up front (and an "
+        "online step for points store_every skipped); data costs one VAE encode per video (not counted) and one "
+        "online guided teacher step per sample of every semantic and detail step (the release's recipe); "
+        "both are priced for the semantic and detail steps of these params, one call per sample",
     ]
     return est
 

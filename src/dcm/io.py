@@ -63,6 +63,20 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         save_file(tensors, str(tmp), metadata={CHECKPOINT_STATE: json.dumps(body)})
 
 
+def keep_copy(source: str | Path, copy: str | Path) -> None:
+    """Make ``copy`` hold ``source``'s bytes as they are now, atomically: a hard link (free, and
+    unaffected when ``source`` is later replaced, as every write here replaces), or a copy where the
+    file system has no links."""
+    import shutil
+
+    with atomic_path(copy) as tmp:
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
     """The state :func:`save_checkpoint` wrote at ``path`` (tensors on the CPU, bit for bit), or
     ``None`` when there is none. An old pickle checkpoint where it used to be is an error, not

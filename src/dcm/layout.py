@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CHECKPOINT = "checkpoint.safetensors"  # a training stage's resumable state (dcm.io.save_checkpoint)
+HEALTHY_CHECKPOINT = "healthy-checkpoint.safetensors"  # a student's checkpoint at its newest healthy validation
 EXPERT_RECORD = "expert.json"  # what a student stage trained, with which params (dcm.experts)
 STUDENT_MODEL = "model"  # a full student: a diffusers model directory
 DETAIL_WEIGHTS = "detail.safetensors"  # a PE detail expert: LoRA + copied timestep layers
 DETAIL_CONFIG = "detail.json"  # how to rebuild the PE detail expert on its base
 BUCKETS = "buckets.csv"  # loss and gradient norm by noise level (paper Fig. 2)
 VALIDATION = "validation.csv"  # a training stage's checks on the validation split
-TRAJECTORY_MANIFEST = "manifest.json"
+MANIFEST = "manifest.json"  # a shard folder's index (trajectories, data)
 LATENCY = "latency.json"
 
 STUDENT_STAGES = ("semantic", "detail", "lcm", "pcm")
@@ -50,6 +51,22 @@ class Layout:
     @property
     def trajectories(self) -> Path:
         return self.artifacts / "trajectories"
+
+    @property
+    def data(self) -> Path:
+        """The ``dataset`` stage's encoded videos (``distill.source: data``); ``videos/``: the toy world's renders."""
+        return self.artifacts / "data"
+
+    def source(self, name: str) -> Path:
+        """The folder of the training points ``distill.source`` names (dvc.yaml: ``artifacts/${distill.source}``)."""
+        if name not in ("trajectories", "data"):
+            raise ValueError(f"unknown training source {name!r}; known: trajectories, data")
+        return self.artifacts / name
+
+    @property
+    def validation_set(self) -> Path:
+        """The fixed validation set every student is compared with: prompts, noise, the teacher's samples."""
+        return self.artifacts / "validation"
 
     def student(self, stage: str) -> Path:
         if stage not in STUDENT_STAGES:

@@ -28,14 +28,21 @@ import torch
 from dcm.config import Params, stage_values
 from dcm.experts import ParameterEfficientExpert
 from dcm.io import atomic_path, atomic_write_text
-from dcm.layout import DETAIL_CONFIG, DETAIL_WEIGHTS, EXPERT_RECORD, STUDENT_MODEL, TRAJECTORY_MANIFEST, Layout
+from dcm.layout import DETAIL_CONFIG, DETAIL_WEIGHTS, EXPERT_RECORD, STUDENT_MODEL, MANIFEST, Layout
 from dcm.models.base import Backbone
 from dcm.sampling import METHODS, Sampler, SamplingError, method_sigmas
 
 # Settings that do not change what a student learned, so a change needs no retraining.
 NOT_LEARNED = ("distill.checkpoint_every", "distill.log_every", "distill.bucket_every", "distill.buckets",
-               "distill.validate_every", "distill.validate_videos",
-               "launch.config_file", "trajectories.batch_size", "trajectories.shard_size")
+               "distill.validate_every", "distill.validate_videos", "distill.collapse_variance_ratio",
+               "distill.collapse_motion_ratio", "distill.collapse_psnr_drop",
+               "launch.config_file", "trajectories.batch_size", "trajectories.shard_size", "dataset.batch_size",
+               "dataset.shard_size")
+#: what a student does not learn from under each ``distill.source`` (the other source's settings)
+NOT_LEARNED_FROM = {
+    "trajectories": ("dataset", "distill.caption_dropout"),
+    "data": tuple(f"trajectories.{key}" for key in ("videos", "dtype", "store_every", "prompt_file", "seed")),
+}
 
 
 class StudentError(SamplingError):
@@ -78,12 +85,14 @@ class StudentRecord:
 
 
 def learned_values(params: Params, stage: str) -> dict[str, Any]:
-    """The params a student of ``stage`` depends on (its stage's params, minus :data:`NOT_LEARNED`)."""
-    return stage_values(params, stage, ignore=NOT_LEARNED)
+    """The params a student of ``stage`` depends on (its stage's params, minus :data:`NOT_LEARNED` and the
+    settings of the training source it does not use)."""
+    return stage_values(params, stage, ignore=NOT_LEARNED + NOT_LEARNED_FROM[params.distill.source])
 
 
-def trajectory_fingerprint(layout: Layout) -> str | None:
-    manifest = layout.trajectories / TRAJECTORY_MANIFEST
+def source_fingerprint(layout: Layout, source: str) -> str | None:
+    """A hash of the manifest of the training source a student learns from (``distill.source``)."""
+    manifest = layout.source(source) / MANIFEST
     return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16] if manifest.exists() else None
 
 
@@ -98,10 +107,11 @@ def check_record(record: StudentRecord, params: Params, layout: Layout) -> None:
         more = f" (and {len(changed) - 4} more)" if len(changed) > 4 else ""
         raise StudentError(f"{where} was trained with other params: {shown}{more}. Rerun the {stage} stage "
                            f"(`dvc repro {stage}`, or `dcm {stage}`) before sampling or exporting")
-    trajectories = trajectory_fingerprint(layout)
-    if trajectories and record.inputs.get("trajectories") not in (None, trajectories):
-        raise StudentError(f"{where} was trained on other trajectories than {layout.trajectories}: rerun "
-                           f"`dvc repro {stage}`")
+    source = params.distill.source
+    current_source = source_fingerprint(layout, source)
+    if current_source and record.inputs.get(source) != current_source:
+        raise StudentError(f"{where} was trained on other training points than {layout.source(source)} "
+                           f"(distill.source = {source!r}): rerun `dvc repro {stage}`")
     if "semantic" in record.inputs:
         semantic = StudentRecord.read(layout.student("semantic"), "semantic")
         if semantic.fingerprint != record.inputs["semantic"]:

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from dcm import flow
 from dcm.config import Params
 from dcm.errors import DcmError
+from dcm.layout import MANIFEST
 from dcm.io import atomic_path, read_shard, sha256_file, write_json
 from dcm.models.base import Backbone
 from dcm.data.prompts import read_prompts
@@ -32,7 +33,6 @@ from dcm.world.grammar import all_prompts
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 
 
 class TrajectoryError(DcmError, RuntimeError):

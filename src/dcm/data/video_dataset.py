@@ -32,9 +32,11 @@ from accelerate import Accelerator
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from dcm.config import Params
 from dcm.data.splits import distill_seeds
 from dcm.data.video_frames import Skip, read_clip
 from dcm.errors import DcmError
+from dcm.layout import MANIFEST
 from dcm.io import atomic_path, atomic_write_text, read_shard, sha256_file, write_json, write_mp4
 from dcm.models.base import Backbone
 from dcm.world.grammar import Prompt, all_prompts
@@ -44,7 +46,6 @@ log = logging.getLogger(__name__)
 
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 FIELDS = ("file_name", "text")
-MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
 TOY_WORLD = "toy_world.json"
 
@@ -156,6 +157,29 @@ class DatasetSpec:
         shape = tuple(backbone.latent_shape(frames, height, width))
         return cls(backbone.kind, frames, height, width, None if fps is None else float(fps), shape, text_shape,
                    dtype)
+
+
+def spec_from_params(params: Params, backbone: Backbone) -> DatasetSpec:
+    """The spec the ``dataset`` params ask of ``backbone``: clips of the model's video size."""
+    return DatasetSpec.for_backbone(backbone, *params.model.video_shape(params.world), fps=params.dataset.fps,
+                                    dtype=params.dataset.dtype)
+
+
+def check_manifest(directory: str | Path, params: Params) -> None:
+    """Fail fast, before any model is loaded, when the encoded dataset is missing or was made with
+    other settings (everything but the shapes, which need the backbone to know)."""
+    manifest_path = Path(directory) / MANIFEST
+    if not manifest_path.exists():
+        raise DatasetShardError(f"{manifest_path} is missing: run `dvc repro dataset` (or `dcm dataset`) first "
+                                "(distill.source = 'data')")
+    spec = json.loads(manifest_path.read_text())["spec"]
+    frames, height, width = params.model.video_shape(params.world)
+    expected = {"backbone": params.model.backbone, "frames": frames, "height": height, "width": width,
+                "fps": params.dataset.fps, "dtype": params.dataset.dtype}
+    changed = ", ".join(f"{k} {spec.get(k)} there, {v} now" for k, v in expected.items() if spec.get(k) != v)
+    if changed:
+        raise DatasetShardError(f"{manifest_path} was made with other settings ({changed}); rerun the dataset stage "
+                                "(`dvc repro dataset`)")
 
 
 def _jsonable(value: object) -> object:

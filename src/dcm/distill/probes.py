@@ -1,21 +1,22 @@
 """What the trainer measures along the way, outside the training step: the loss and gradient norm by
-noise level (paper Fig. 2) and the student's 4-step validation curve (toy world)."""
+noise level (paper Fig. 2), and the student's few-step validation curve with its collapse guard."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dcm import flow
 from dcm.config import Params
-from dcm.data.splits import toy_items
-from dcm.data.trajectories import Trajectories, latent_shape
+from dcm.data.validation_set import ValidationSet
 from dcm.distill import objective
-from dcm.distill.batches import Batch, previous_point
+from dcm.distill.batches import Batch, Source, previous_point
 from dcm.distill.methods import Method
 from dcm.distill.student import trainable_parameters
+from dcm.errors import DcmError
 from dcm.io import atomic_path, write_csv
 from dcm.layout import BUCKETS, VALIDATION
 from dcm.models.base import Backbone
@@ -25,7 +26,7 @@ from dcm.tracking import log_metrics
 class BucketProbe:
     """Loss and gradient norm per noise-level bucket on a fixed batch (paper Fig. 2)."""
 
-    def __init__(self, params: Params, data: Trajectories, points, ends, sigmas, out_dir: Path):
+    def __init__(self, params: Params, data: Source, points, ends, sigmas, out_dir: Path):
         self.params, self.data, self.sigmas = params, data, sigmas
         n = params.flow.steps
         edges = torch.linspace(0, n, params.distill.buckets + 1).round().long()
@@ -44,7 +45,7 @@ class BucketProbe:
         c = self.params.distill.huber_c
         gen = torch.Generator().manual_seed(12345)
         for b, pts, ends, lo, hi in self.buckets:
-            batch = Batch(self.data, pts, ends, self.params.distill.batch_size, gen, empty.device)
+            batch = Batch(self.data, pts, ends, self.params.distill.batch_size, gen, empty, empty.device)
             x_prev = previous_point(self.data, batch, teacher, empty)
             pred = objective.consistency_prediction(batch.x_i, batch.i, batch.end, self.sigmas,
                                                     lambda x, s: teacher.velocity(model, x, s, batch.text))
@@ -63,16 +64,24 @@ class BucketProbe:
             writer.writerows(self.rows)
 
 
+class CollapseError(DcmError, RuntimeError):
+    """A student whose validation shows collapse: training stops, the last healthy checkpoint is kept."""
+
+
 class ValidationCurve:
-    """Scores of a 4-step sample of the validation videos along training, each method sampled as
-    :meth:`Method.validation_models` says. Its rows travel in the checkpoint, so a resumed run's
-    curve holds the steps taken before."""
+    """The student's few-step samples of the fixed validation set (:mod:`dcm.data.validation_set`)
+    along training, each method sampled as :meth:`Method.validation_models` says, compared with the
+    teacher's samples from the same noise (PSNR, SSIM, saturation, frame change, per-frame variance),
+    and on the toy world scored against the ground truth. Its rows travel in the checkpoint, so a
+    resumed run's curve holds the steps taken before."""
 
     def __init__(self, params: Params, teacher: Backbone, method: Method, sigmas: torch.Tensor, empty: torch.Tensor,
-                 out_dir: Path):
+                 out_dir: Path, validation: ValidationSet, batch_size: int = 8):
         self.params, self.teacher, self.method, self.sigmas, self.empty = params, teacher, method, sigmas, empty
+        self.validation, self.batch_size = validation, batch_size
         self.path = out_dir / VALIDATION
         self.rows: list[dict] = []
+        self._teacher_videos: list[np.ndarray] | None = None
 
     def state_dict(self) -> dict:
         return {"validation": self.rows}
@@ -80,26 +89,71 @@ class ValidationCurve:
     def load_state_dict(self, state: dict) -> None:
         self.rows = state.get("validation", [])
 
-    @torch.no_grad()
-    def check(self, student: torch.nn.Module, step: int) -> None:
-        """Score the student at ``step``; log it and write ``validation.csv``."""
-        from dcm.evaluation.samples import score_samples
-        from dcm.guidance import initial_noise
+    def _videos(self, latents: torch.Tensor) -> list[np.ndarray]:
         from dcm.world.render import to_video
 
-        items = toy_items("validation", self.params.distill.validate_videos)
-        shape = latent_shape(self.params, self.teacher)
-        text = self.teacher.encode_prompts([p.text for p, _ in items]).to(self.empty.device)
-        empty = self.empty.expand(len(items), -1, -1)
-        x = initial_noise([s for _, s in items], shape).to(self.empty.device)
+        return [to_video(v) for start in range(0, len(latents), self.batch_size)
+                for v in self.teacher.decode_latents(latents[start:start + self.batch_size].to(self.empty.device))]
+
+    @torch.no_grad()
+    def sample(self, student: torch.nn.Module) -> torch.Tensor:
+        """The student's few-step latents of the validation set."""
+        device, out = self.empty.device, []
         student.eval()
-        for model, indices, guidance in self.method.validation_models(student):
-            velocity = self.teacher.guided_velocity(model, text, empty, guidance)
-            for a, b in zip(indices[:-1], indices[1:], strict=True):
-                x = flow.euler_step(x, velocity(x, self.sigmas[a]), self.sigmas[a], self.sigmas[b])
-        videos = [to_video(v) for v in self.teacher.decode_latents(x)]
-        scores = score_samples(videos, items, self.params.world.to_config()).aggregate
-        row = {"step": step, **{k: round(scores[k], 5) for k in ("total", "quality", "semantic")}}
+        for start in range(0, len(self.validation.items), self.batch_size):
+            text = self.validation.prompt_embeds[start:start + self.batch_size].float().to(device)
+            empty = self.empty.expand(len(text), -1, -1)
+            x = self.teacher.initial_latents(self.validation.noise[start:start + self.batch_size].to(device),
+                                             float(self.sigmas[-1]))
+            for model, indices, guidance in self.method.validation_models(student):
+                velocity = self.teacher.guided_velocity(model, text, empty, guidance)
+                for a, b in zip(indices[:-1], indices[1:], strict=True):
+                    x = flow.euler_step(x, velocity(x, self.sigmas[a]), self.sigmas[a], self.sigmas[b])
+            out.append(x)
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def check(self, student: torch.nn.Module, step: int) -> dict:
+        """Sample and score the student at ``step``; log it, write ``validation.csv``, return the row."""
+        from dcm.evaluation.fidelity import fidelity_to_teacher
+
+        if self._teacher_videos is None:
+            self._teacher_videos = self._videos(self.validation.teacher_latents.float())
+        latents = self.sample(student)
+        row: dict = {"step": step}
+        finite = bool(torch.isfinite(latents).all()) and all(
+            bool(torch.isfinite(p).all()) for p in trainable_parameters(student))
+        row["finite"] = int(finite)
+        videos = self._videos(torch.nan_to_num(latents))
+        if self.params.model.toy_world:
+            from dcm.evaluation.samples import score_samples
+            from dcm.world.grammar import parse_prompt
+
+            items = [(parse_prompt(text), seed) for text, seed in self.validation.items]
+            scores = score_samples(videos, items, self.params.world.to_config()).aggregate
+            row |= {k: scores[k] for k in ("total", "quality", "semantic")}
+        row |= fidelity_to_teacher(videos, self._teacher_videos)
+        row = {k: v if k == "step" else round(float(v), 5) for k, v in row.items()}
         self.rows = [r for r in self.rows if r["step"] < step] + [row]
         write_csv(self.path, self.rows)
         log_metrics({f"val_{k}": v for k, v in row.items() if k != "step"}, step=step)
+        return row
+
+    def collapse(self) -> str | None:
+        """What the newest check shows collapsed (``distill.collapse_*``), or None when it is healthy."""
+        d, row = self.params.distill, self.rows[-1]
+        if not row["finite"]:
+            return "non-finite weights or samples"
+        if d.collapse_variance_ratio and row["frame_variance_ratio"] < d.collapse_variance_ratio:
+            return (f"per-frame variance {row['frame_variance_ratio']:.3f} of the teacher's, below "
+                    f"distill.collapse_variance_ratio = {d.collapse_variance_ratio} (solid-colour output)")
+        if d.collapse_motion_ratio and row["frame_change_ratio"] < d.collapse_motion_ratio:
+            return (f"frame-to-frame change {row['frame_change_ratio']:.3f} of the teacher's, below "
+                    f"distill.collapse_motion_ratio = {d.collapse_motion_ratio} (static output)")
+        # its best since training began: at step 0 a student is the teacher, whose k-step samples may match
+        # its own samples exactly where the grid is as short as the validation schedule
+        best = max((r["psnr"] for r in self.rows if r["step"] > 0), default=row["psnr"])
+        if d.collapse_psnr_drop and row["psnr"] < best - d.collapse_psnr_drop:
+            return (f"PSNR to the teacher {row['psnr']:.2f} dB, more than distill.collapse_psnr_drop = "
+                    f"{d.collapse_psnr_drop} dB below its best so far ({best:.2f} dB)")
+        return None

@@ -22,19 +22,17 @@ from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 
 from dcm.config import Params, fingerprint
-from dcm.data.trajectories import TrajectorySpec, latent_shape
-from dcm.data.trajectories import load as load_trajectories
 from dcm.distill import objective
-from dcm.distill.batches import Batch, previous_point, step_generator
+from dcm.distill.batches import Batch, load_source, previous_point, step_generator
 from dcm.distill.methods import Losses, StudentPlan, method_for
 from dcm.distill.phases import trainable_points
-from dcm.distill.probes import BucketProbe, ValidationCurve
+from dcm.distill.probes import BucketProbe, CollapseError, ValidationCurve
 from dcm.distill.student import Student, build_student
 from dcm.experts import count_parameters
-from dcm.io import load_checkpoint, save_checkpoint
-from dcm.layout import CHECKPOINT, STUDENT_MODEL, Layout
+from dcm.io import keep_copy, load_checkpoint, save_checkpoint
+from dcm.layout import CHECKPOINT, HEALTHY_CHECKPOINT, STUDENT_MODEL, Layout
 from dcm.models import load_backbone
-from dcm.students import StudentRecord, check_record, learned_values, save_full_model, trajectory_fingerprint
+from dcm.students import StudentRecord, check_record, learned_values, save_full_model, source_fingerprint
 from dcm.tracking import log_metrics
 
 log = logging.getLogger(__name__)
@@ -42,18 +40,23 @@ log = logging.getLogger(__name__)
 
 def check_inputs(params: Params, stage: str, layout: Layout = Layout()) -> None:
     """Fail before anything is written when the stage's inputs are missing or were made with other
-    params: the teacher, the trajectories (their manifest's spec), the semantic expert under PE."""
-    from dcm.data.trajectories import check_manifest
+    params: the teacher, the training source (its manifest's spec), the semantic expert under PE."""
+    from dcm.data import trajectories, video_dataset
     from dcm.models import check_teacher_dir
 
     plan = StudentPlan.for_stage(stage, params)
     if plan is None:
         return
     check_teacher_dir(layout.teacher_model)
-    check_manifest(layout.trajectories, params)
+    source = params.distill.source
+    {"trajectories": trajectories, "data": video_dataset}[source].check_manifest(layout.source(source), params)
     if plan.pe:
         record = StudentRecord.read(layout.student("semantic"), "semantic")
         check_record(record, params, layout)
+    if params.distill.validate_every:
+        from dcm.data.validation_set import check_exists
+
+        check_exists(layout.validation_set)
 
 
 def distill(params: Params, stage: str, layout: Layout = Layout()) -> dict:
@@ -88,11 +91,10 @@ class DistillRun:
         device = self.accelerator.device
         self.teacher = load_backbone(layout.teacher_model)
         self.teacher.transformer.requires_grad_(False).eval().to(device)
-        spec = TrajectorySpec.from_params(params, latent_shape(params, self.teacher))
-        self.data = load_trajectories(layout.trajectories, spec)
+        self.data = load_source(params, layout, self.teacher)
         self.sigmas = self.data.sigmas.to(device)
         self.empty = self.teacher.encode_prompts([""]).to(device)
-        self.inputs = {"trajectories": trajectory_fingerprint(layout)}
+        self.inputs = {d.source: source_fingerprint(layout, d.source)}
         if plan.pe:
             self.inputs["semantic"] = StudentRecord.read(layout.student("semantic"), "semantic").fingerprint
         self.fingerprint = fingerprint({"params": learned_values(params, stage), "inputs": self.inputs})
@@ -102,11 +104,18 @@ class DistillRun:
             torch.manual_seed(zlib.crc32(f"{d.seed}/{plan.role}/init".encode()))
             self.student = Student(*build_student(plan.pe, params, self.teacher, layout), params, plan.lr)
             self.method = method_for(plan, params, self.teacher, layout, self.sigmas)
-        self.points, self.ends = trainable_points(self.method.phases, self.data.stored_mask)
-        self.validation = ValidationCurve(params, self.teacher, self.method, self.sigmas, self.empty, self.out_dir)
+        self.points, self.ends = trainable_points(self.method.phases, self.data.drawable)
+        validation_set = None
+        if d.validate_every:
+            from dcm.data.validation_set import load as load_validation_set
+
+            validation_set = load_validation_set(params, self.teacher, layout.validation_set)
+        self.validation = ValidationCurve(params, self.teacher, self.method, self.sigmas, self.empty, self.out_dir,
+                                          validation_set)
         self.step = 0
         self.seconds_before: float | None = 0.0  # None: resumed from a checkpoint without a clock
         self.checkpoint = self.out_dir / CHECKPOINT
+        self.healthy = self.out_dir / HEALTHY_CHECKPOINT  # the checkpoint at the newest healthy validation
 
     # ---- resume and save ----------------------------------------------------------------------
     def resume(self) -> None:
@@ -136,11 +145,14 @@ class DistillRun:
                         if self.method.probes_buckets else None)
         self.bar = tqdm(total=self.plan.steps, initial=self.step, desc=self.stage, disable=not acc.is_main_process)
         self.started, self.probe_seconds = time.perf_counter(), 0.0
-        # the validation curve (toy world, main process): rows of the steps taken so far survive a resume
-        self.validating = (self.params.distill.validate_every > 0 and self.params.model.toy_world
-                           and acc.is_main_process and not self.sharded)
+        # the validation curve (checked by the main process; not under FSDP, where the model runs on every
+        # process at once): rows of the steps taken so far survive a resume
+        self.validating = self.params.distill.validate_every > 0 and not self.sharded
+        if self.params.distill.validate_every > 0 and self.sharded:
+            log.warning("%s: no validation curve or collapse guard under FSDP (distill.validate_every is ignored)",
+                        self.stage)
         if self.validating and self.step == 0:
-            self.validation.check(self.student.raw, self.step)  # the curve starts where the student starts
+            self.validate()  # the curve starts where the student starts
 
     def train_seconds(self) -> float | None:
         """Training time (probes excluded), carried through checkpoints."""
@@ -172,15 +184,14 @@ class DistillRun:
     def train_step(self) -> None:
         acc, d, student = self.accelerator, self.params.distill, self.student
         gen = step_generator(self.params, self.plan.role, self.step, acc.process_index)
-        batch = Batch(self.data, self.points, self.ends, d.batch_size, gen, acc.device)
+        batch = Batch(self.data, self.points, self.ends, d.batch_size, gen, self.empty, acc.device)
         x_prev = previous_point(self.data, batch, self.teacher, self.empty)
         student.model.train()
         with acc.autocast():  # bf16/fp16 compute, fp32 master weights
             losses = self.losses(batch, x_prev, gen)
         if not torch.isfinite(losses.total):
-            raise FloatingPointError(f"{self.stage}: loss is {losses.total.item()} at step {self.step} "
-                                     f"({ {k: v.item() for k, v in losses.terms.items()} }); last good checkpoint: "
-                                     f"{self.checkpoint}")
+            terms = ", ".join(f"{k} {v.item():.4g}" for k, v in losses.terms.items())
+            self.stop_collapsed(f"non-finite loss ({terms})")
         acc.backward(losses.total)
         # all of the model's parameters (frozen ones have no gradient), which FSDP requires
         grad_norm = acc.clip_grad_norm_(student.model.parameters(), d.grad_clip)
@@ -196,10 +207,34 @@ class DistillRun:
             self.bar.set_postfix(loss=f"{metrics['loss_consistency']:.4f}")
         if self.buckets is not None and acc.is_main_process and (self.step % d.bucket_every == 0 or self.step == 1):
             self.timed_probe(lambda: self.buckets.probe(student.raw, self.teacher, self.empty, step=self.step))
-        if self.validating and (self.step % d.validate_every == 0 or self.step == self.plan.steps):
-            self.timed_probe(lambda: self.validation.check(student.raw, self.step))
-        if self.step % d.checkpoint_every == 0 or self.step == self.plan.steps:
+        validated = self.validating and (self.step % d.validate_every == 0 or self.step == self.plan.steps)
+        if validated:
+            self.validate()
+        elif self.step % d.checkpoint_every == 0 or self.step == self.plan.steps:
             self.save()
+
+    def validate(self) -> None:
+        """Check the student on the validation set (main process); every process stops on collapse, else
+        they checkpoint and the main one keeps that checkpoint as the newest healthy one."""
+        from accelerate.utils import broadcast_object_list
+
+        acc, collapse = self.accelerator, [None]
+        if acc.is_main_process:
+            self.timed_probe(lambda: self.validation.check(self.student.raw, self.step))
+            collapse = [self.validation.collapse()]
+        collapse = broadcast_object_list(collapse)  # the other processes learn the verdict
+        if collapse[0] is not None:
+            self.stop_collapsed(collapse[0])
+        self.save()
+        if acc.is_main_process:
+            keep_copy(self.checkpoint, self.healthy)
+
+    def stop_collapsed(self, what: str) -> None:
+        kept = load_checkpoint(self.healthy) if self.healthy.exists() else None
+        where = (f"the last healthy checkpoint (step {kept['step']}) is kept at {self.healthy}" if kept is not None
+                 else "no healthy checkpoint was kept (no validation passed; distill.validate_every)")
+        raise CollapseError(f"{self.stage} collapsed at step {self.step}: {what}; {where}. Lower the learning rate "
+                            f"({self.stage}.lr) or see the curve in {self.validation.path}")
 
     def timed_probe(self, probe) -> None:
         """Run ``probe``; its time is not training time."""

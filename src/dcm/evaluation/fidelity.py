@@ -32,3 +32,36 @@ def ssim(a: np.ndarray, b: np.ndarray, window: int = 7, sigma: float = 1.5) -> f
     vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
     return float(s.mean())
+
+
+#: PSNR above this is "the same video" (differences under a quarter of one 8-bit level), so identical
+#: samples (a student still equal to the teacher on the teacher's own schedule) count as this, not infinity
+PSNR_CAP = 60.0
+
+
+def video_statistics(video: np.ndarray) -> dict[str, float]:
+    """What collapsed output lacks, for one video ``(T, H, W, 3)`` in [0, 1]: colour saturation
+    (HSV's, over-saturation raises it), frame-to-frame change (static output has none) and per-frame
+    variance (solid colour has none; flashing output keeps it but changes wildly between frames)."""
+    v = video.astype(np.float64)
+    high, low = v.max(axis=-1), v.min(axis=-1)
+    saturation = np.where(high > 0, (high - low) / np.maximum(high, 1e-12), 0.0)
+    return {"saturation": float(saturation.mean()),
+            "frame_change": float(np.abs(np.diff(v, axis=0)).mean()) if len(v) > 1 else 0.0,
+            "frame_variance": float(v.reshape(len(v), -1).var(axis=1).mean())}
+
+
+def fidelity_to_teacher(videos: list[np.ndarray], teacher: list[np.ndarray]) -> dict[str, float]:
+    """Mean PSNR and SSIM of ``videos`` against the teacher's from the same noise, their statistics
+    (:func:`video_statistics`, means over videos) and each statistic as a share of the teacher's."""
+    if len(videos) != len(teacher):
+        raise ValueError(f"{len(videos)} videos against {len(teacher)} teacher videos")
+    out = {"psnr": float(np.mean([min(psnr(a, b), PSNR_CAP) for a, b in zip(videos, teacher, strict=True)])),
+           "ssim": float(np.mean([ssim(a, b) for a, b in zip(videos, teacher, strict=True)]))}
+    mine = [video_statistics(v) for v in videos]
+    theirs = [video_statistics(v) for v in teacher]
+    for key in mine[0]:
+        student_mean, teacher_mean = np.mean([m[key] for m in mine]), np.mean([t[key] for t in theirs])
+        out[key] = float(student_mean)
+        out[f"{key}_ratio"] = float(student_mean / teacher_mean) if teacher_mean > 0 else float("nan")
+    return out

@@ -186,12 +186,25 @@ def boundary_curves(suggestion, boundary: int, path: Path) -> None:
 
 
 def validation_curves(curves: dict[str, pd.DataFrame], path: Path) -> None:
-    """Each student's 4-step validation Total by training step: flat at the end means trained enough."""
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    for stage, frame in curves.items():
-        ax.plot(frame.step, frame.total, "o-", ms=3, label=stage)
-    ax.set_xlabel("training step of the student")
-    ax.set_ylabel("Total, 4-step samples (validation split)")
-    ax.set_title("Students' validation curves")
-    ax.legend(fontsize=8)
+    """Each student's validation checks by training step, one panel per measure: the toy world's Total
+    (flat at the end means trained enough), fidelity to the teacher's samples from the same noise, and the
+    statistics of collapse as shares of the teacher's (solid colour, static, over-saturated output)."""
+    panels = [(key, label) for key, label in (
+        ("total", "Total (toy world, validation split)"), ("psnr", "PSNR to the teacher, dB"),
+        ("ssim", "SSIM to the teacher"), ("frame_variance_ratio", "per-frame variance / teacher's"),
+        ("frame_change_ratio", "frame-to-frame change / teacher's"), ("saturation_ratio", "saturation / teacher's"))
+        if any(key in frame for frame in curves.values())]
+    cols = 2 if len(panels) > 1 else 1
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols / 1.4, 2.6 * rows), squeeze=False)
+    for ax, (key, label) in zip(axes.flat, panels, strict=False):
+        for stage, frame in curves.items():
+            if key in frame:
+                ax.plot(frame.step, frame[key], "o-", ms=3, label=stage)
+        ax.set_ylabel(label, fontsize=8)
+        ax.set_xlabel("training step of the student", fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("Students' validation checks (few-step samples)")
     save_figure(fig, path)

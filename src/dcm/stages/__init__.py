@@ -52,6 +52,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("teacher", "teacher", "run_teacher"),
     Stage("teacher_eval", "teacher_eval", "run_teacher_eval"),
     Stage("trajectories", "trajectories", "run_trajectories", relaunch=True),
+    Stage("dataset", "dataset", "run_dataset", relaunch=True),
+    Stage("validation", "validation", "run_validation"),
     Stage("boundary", "boundary", "run_boundary"),
     *(Stage(name, "distill", "run_distill", (name,), relaunch=True) for name in ("semantic", "detail", "lcm", "pcm")),
     Stage("sample", "sample", "run_sample"),

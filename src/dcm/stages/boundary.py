@@ -6,7 +6,7 @@ import json
 import logging
 
 from dcm.config import Params
-from dcm.layout import TRAJECTORY_MANIFEST, Layout
+from dcm.layout import MANIFEST, Layout
 from dcm.tracking import stage_run
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ def run_boundary(params: Params, layout: Layout = Layout()):
     from dcm.tracking import log_metrics
 
     check_manifest(layout.trajectories, params)
-    shape = json.loads((layout.trajectories / TRAJECTORY_MANIFEST).read_text())["spec"]["shape"]
+    shape = json.loads((layout.trajectories / MANIFEST).read_text())["spec"]["shape"]
     data = load_trajectories(layout.trajectories, TrajectorySpec.from_params(params, tuple(shape)), verify_hash=False)
     decode = world = None
     if params.model.toy_world:

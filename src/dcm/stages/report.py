@@ -6,7 +6,7 @@ import json
 
 from dcm.config import Params
 from dcm.errors import MissingInputError
-from dcm.layout import BUCKETS, LATENCY, STUDENT_MODEL, STUDENT_STAGES, TRAJECTORY_MANIFEST, VALIDATION, Layout
+from dcm.layout import BUCKETS, LATENCY, STUDENT_MODEL, STUDENT_STAGES, MANIFEST, VALIDATION, Layout
 from dcm.tracking import stage_run
 
 
@@ -43,16 +43,20 @@ def analysis_figures(params: Params, layout: Layout) -> list[str]:
               if (layout.student(stage) / VALIDATION).exists()}
     if curves:
         fig.validation_curves(curves, out / "validation_curves.png")
-        last = ", ".join(f"{stage} {frame.total.iloc[-1]:.3f} at step {int(frame.step.iloc[-1])}"
+        key = "total" if all("total" in frame for frame in curves.values()) else "psnr"
+        last = ", ".join(f"{stage} {frame[key].iloc[-1]:.3f} at step {int(frame.step.iloc[-1])}"
                          for stage, frame in curves.items())
-        lines += ["Each student's Total on 4-step samples of the validation split while it trains (the detail "
-                  "expert with the semantic expert before it; the semantic expert with the teacher after it). "
-                  f"Last: {last}. Each stage's steps and learning rate were chosen where its validation "
-                  "score stops improving, in longer runs that go past that step "
-                  "(`reports/studies/student_study.md`, `research/student_study.py`).", "",
+        lines += [f"Each student's few-step samples of the validation set while it trains (the detail expert "
+                  "with the semantic expert before it; the semantic expert with the teacher after it), "
+                  "compared with the teacher's samples from the same noise (PSNR, SSIM, and per-frame "
+                  "variance, frame change and saturation as shares of the teacher's, which show collapse) "
+                  f"and on the toy world scored. Last {key}: {last}. Each stage's steps and learning rate "
+                  "were chosen where its validation score stops improving, in longer runs that go past that "
+                  "step (`reports/studies/student_study.md`, `research/student_study.py`). The students "
+                  f"learned from `distill.source = {params.distill.source}`.", "",
                   f"![validation curves]({rel}/validation_curves.png)", ""]
 
-    shape = json.loads((layout.trajectories / TRAJECTORY_MANIFEST).read_text())["spec"]["shape"]
+    shape = json.loads((layout.trajectories / MANIFEST).read_text())["spec"]["shape"]
     spec = TrajectorySpec.from_params(params, tuple(shape))
     data = load_trajectories(layout.trajectories, spec, verify_hash=False)
     indices, distances = adjacent_l1(data.latents, list(spec.stored))
@@ -118,8 +122,8 @@ def run_report(params: Params, layout: Layout = Layout()) -> None:
 
     if not layout.metrics.exists():
         raise MissingInputError(f"{layout.metrics} is missing: run the evaluate stage first (`dvc repro evaluate`)")
-    if not (layout.trajectories / TRAJECTORY_MANIFEST).exists():
-        raise MissingInputError(f"{layout.trajectories / TRAJECTORY_MANIFEST} is missing: the report's figures need "
+    if not (layout.trajectories / MANIFEST).exists():
+        raise MissingInputError(f"{layout.trajectories / MANIFEST} is missing: the report's figures need "
                                 "the trajectories (`dvc repro trajectories`)")
     metrics = json.loads(layout.metrics.read_text())
     layout.figures.mkdir(parents=True, exist_ok=True)
