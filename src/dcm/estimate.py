@@ -7,6 +7,11 @@ no weights are read. The architecture configs of the named checkpoints ship in `
 ``estimate(params_for_model("wan2.1-14b"), 8, "fsdp")``. Memory and time are estimates from stated
 assumptions, printed with the table (:attr:`Estimate.assumptions`); they follow what the trainer does
 today (e.g. the frozen teacher stays in fp32 on every GPU).
+
+A directory with a ``transformer_2`` is a two-expert teacher (Wan2.2 A14B): DCM's semantic expert
+starts from ``transformer`` and its detail expert from ``transformer_2``, each distilled against its own
+transformer. Besides the experts the paper trains (Sec. 4.2: a full semantic expert, a LoRA + copied
+timestep layers detail expert), every estimate prices experts that are LoRA adapters only.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ GiB = 2**30
 #: shipped architecture configs (``<name>/transformer/config.json``, ``vae/config.json``, ``model.json``)
 MODELS_DIR = Path(__file__).resolve().parent / "model_configs"  # shipped with the package
 MODEL_INFO = "model.json"  # marks a structure-only directory: configs, no weights
+PIPELINE_INFO = "model_index.json"  # a diffusers checkpoint's pipeline config (boundary_ratio, expand_timesteps)
 
 
 @dataclass(frozen=True)
@@ -45,16 +51,38 @@ class ModelFacts:
     text_tokens: int
     guidance_branches: int  # transformer calls per guided teacher step (2 with CFG)
     source: str = ""  # set when the structure came from an architecture config directory, not a checkpoint
+    semantic_lora: int = 0  # a LoRA-only semantic expert's parameters: the LoRA on ``transformer``
+    teacher_2: int = 0  # ``transformer_2`` parameters of a two-expert teacher (Wan2.2 A14B); 0: one transformer
+    boundary_ratio: float | None = None  # where a two-expert teacher switches: transformer at t >= 1000 x this
+    expand_timesteps: bool = False  # a timestep per token (Wan2.2 TI2V-5B)
+    condition_channels: int = 0  # image-to-video input channels beside the latent (mask + image latent)
+    image_tokens: int = 0  # image-encoder tokens every block cross-attends besides the text (Wan2.1 I2V CLIP)
+    image_encoder: int = 0  # that image encoder's parameters
 
     @property
     def pe(self) -> int:
         return self.lora + self.copies
 
+    @property
+    def two_experts(self) -> bool:
+        return self.teacher_2 > 0
+
+    @property
+    def detail_base(self) -> int:
+        """The transformer the detail expert starts from: ``transformer_2`` of a two-expert teacher."""
+        return self.teacher_2 or self.teacher
+
+    @property
+    def teachers(self) -> int:
+        """Every teacher transformer: what trajectories and teacher sampling hold."""
+        return self.teacher + self.teacher_2
+
     def forward_flops(self) -> float:
         """One forward of one sample: 2 x params x tokens, plus attention scores and values."""
         joint = self.joint_attention
         seq = self.video_tokens + (self.text_tokens if joint else 0)
-        attended = seq + (0 if joint else self.text_tokens)  # self-attention, + cross-attention to the text
+        # self-attention, + cross-attention to the text (and to the image tokens of Wan2.1 I2V)
+        attended = seq + (0 if joint else self.text_tokens + self.image_tokens)
         return 2.0 * self.teacher * seq + 4.0 * self.layers * seq * attended * self.width
 
 
@@ -78,6 +106,8 @@ class ShippedModel:
     text_tokens: int  # the pipeline's max_sequence_length
     published_size: str  # e.g. "14B", as the model's authors name it
     checkpoint: str  # the full diffusers checkpoint to download for a real run
+    boundary_ratio: float | None = None  # two-expert teachers: their model_index.json's boundary_ratio
+    expand_timesteps: bool = False  # their model_index.json's expand_timesteps (Wan2.2 TI2V-5B)
 
 
 def shipped_model(name: str) -> ShippedModel:
@@ -88,7 +118,8 @@ def shipped_model(name: str) -> ShippedModel:
                           f"{', '.join(models) or f'none (no {MODELS_DIR})'}")
     info = json.loads((models[name] / MODEL_INFO).read_text())
     fields = ("backbone", "frames", "height", "width", "text_tokens", "published_size", "checkpoint")
-    return ShippedModel(name, models[name], **{k: info[k] for k in fields})
+    optional = {k: info[k] for k in ("boundary_ratio", "expand_timesteps") if k in info}
+    return ShippedModel(name, models[name], **{k: info[k] for k in fields}, **optional)
 
 
 def params_for_model(name: str, params: Params | None = None, **model: object) -> Params:
@@ -146,17 +177,77 @@ def model_facts(params: Params, model_name: str | None = None) -> ModelFacts:
     with init_empty_weights():
         disc = Discriminator(backbone.feature_dim(), len(FeatureTaps(blocks, d.feature_stride).indices), d.head_width,
                              d.head_frames)
-        expert = ParameterEfficientExpert(transformer, backbone.timestep_layers, d.lora_rank, d.lora_alpha,
-                                          d.lora_targets)
-    lora = sum(p.numel() for n, p in transformer.named_parameters() if "lora_" in n)
+
+    def pe_counts(base) -> tuple[int, int]:
+        """(LoRA, copied timestep layers) parameters of a PE expert on ``base``."""
+        with init_empty_weights():
+            expert = ParameterEfficientExpert(base, backbone.timestep_layers, d.lora_rank, d.lora_alpha,
+                                              d.lora_targets)
+        lora = sum(p.numel() for n, p in base.named_parameters() if "lora_" in n)
+        return lora, count_parameters(expert.trainable_parameters()) - lora
+
+    semantic_lora, copies = pe_counts(transformer)
+    lora = semantic_lora
+    directory = structure or (Path(m.path) if m.path else None)
+    layout = _pipeline_layout(directory) if directory else {}
+    second = _transformer_2(directory) if directory else None
+    teacher_2 = count_parameters(second.parameters()) if second is not None else 0
+    if second is not None:  # the detail expert is built on transformer_2, the low-noise expert
+        lora, copies = pe_counts(second)
+    config = transformer.config
+    image_tokens, image_encoder = (_image_encoder(directory) if directory and getattr(config, "image_dim", None)
+                                   else (0, 0))
+    condition = getattr(config, "in_channels", latent[0]) - getattr(config, "out_channels", latent[0])
     tokens = 1
     for size, step in zip(latent[1:], patch, strict=True):
         tokens *= size // step
     guided = backbone.guidance == "cfg" and params.trajectories.guidance_scale != 1.0
-    return ModelFacts(m.backbone, adapter.joint_attention, teacher, lora,
-                      count_parameters(expert.trainable_parameters()) - lora, count_parameters(disc.parameters()),
+    return ModelFacts(m.backbone, adapter.joint_attention, teacher, lora, copies, count_parameters(disc.parameters()),
                       backbone.feature_dim(), len(blocks), latent, patch, tokens, adapter.text_tokens(m),
-                      2 if guided else 1, _shown(structure) if structure else "")
+                      2 if guided else 1, _shown(structure) if structure else "", semantic_lora, teacher_2,
+                      layout.get("boundary_ratio"), bool(layout.get("expand_timesteps")), max(condition, 0),
+                      image_tokens, image_encoder)
+
+
+def _pipeline_layout(directory: Path) -> dict:
+    """``boundary_ratio`` and ``expand_timesteps`` of the pipeline in ``directory``: a shipped ``model.json``
+    or a checkpoint's ``model_index.json`` (none: a one-transformer pipeline)."""
+    for name in (MODEL_INFO, PIPELINE_INFO):
+        if (directory / name).is_file():
+            return json.loads((directory / name).read_text())
+    return {}
+
+
+def _transformer_2(directory: Path):
+    """The low-noise ``transformer_2`` of a two-expert teacher on the meta device, or None (one transformer)."""
+    import diffusers
+    from accelerate import init_empty_weights
+
+    path = directory / "transformer_2" / "config.json"
+    if not path.is_file():
+        return None
+    config = json.loads(path.read_text())
+    with init_empty_weights():
+        return getattr(diffusers, config["_class_name"]).from_config(config)
+
+
+def _image_encoder(directory: Path) -> tuple[int, int]:
+    """(tokens per image, parameters) of the image encoder whose tokens the transformer cross-attends
+    (Wan2.1 I2V: CLIP ViT-H/14 at 224 px, (224 / 14)^2 patches + the class token = 257)."""
+    import transformers
+    from accelerate import init_empty_weights
+
+    from dcm.models.base import BackboneError
+
+    path = directory / "image_encoder" / "config.json"
+    if not path.is_file():
+        raise BackboneError(f"{directory}: the transformer takes image embeddings (image_dim) but {path} is missing")
+    config = json.loads(path.read_text())
+    model_class = getattr(transformers, config["architectures"][0])
+    vision = model_class.config_class.from_dict(config)
+    with init_empty_weights():
+        encoder = model_class(vision)
+    return (vision.image_size // vision.patch_size) ** 2 + 1, sum(p.numel() for p in encoder.parameters())
 
 
 def _shown(structure: Path) -> str:
@@ -214,13 +305,30 @@ class Estimate:
             f"per GPU; one forward of one sample = {f.forward_flops() / 1e12:.4g} TFLOP",
             "",
             "parameters",
-            f"  teacher transformer            {f.teacher:>15,}",
-            f"  detail expert PE (trainable)   {f.pe:>15,}  (LoRA {f.lora:,} + copied timestep layers "
-            f"{f.copies:,}; {100 * f.pe / f.teacher:.1f}% of the teacher)",
-            f"  detail expert OD (trainable)   {f.teacher:>15,}  (a second full transformer)",
-            f"  discriminator (trainable)      {f.discriminator:>15,}",
-            "",
         ]
+        if f.two_experts:
+            t = f"t >= {1000 * f.boundary_ratio:g}" if f.boundary_ratio is not None else "boundary_ratio not given"
+            lines += [f"  teacher transformer            {f.teacher:>15,}  (high-noise expert, {t}: the semantic "
+                      "expert's start and teacher)",
+                      f"  teacher transformer_2          {f.teacher_2:>15,}  (low-noise expert, below: the detail "
+                      "expert's start and teacher)"]
+        else:
+            lines.append(f"  teacher transformer            {f.teacher:>15,}")
+        lines += [
+            f"  detail expert PE (trainable)   {f.pe:>15,}  (LoRA {f.lora:,} + copied timestep layers "
+            f"{f.copies:,}{' on transformer_2' if f.two_experts else ''}; {100 * f.pe / f.detail_base:.1f}% of the "
+            "teacher)",
+            f"  detail expert OD (trainable)   {f.detail_base:>15,}  "
+            f"({'transformer_2 fine-tuned' if f.two_experts else 'a second full transformer'})",
+            f"  semantic LoRA-only (trainable) {f.semantic_lora:>15,}  (the LoRA alone on the frozen transformer)",
+            f"  detail LoRA-only (trainable)   {f.lora:>15,}  (the LoRA alone on the frozen "
+            f"{'transformer_2' if f.two_experts else 'transformer'}, no copied layers)",
+            f"  discriminator (trainable)      {f.discriminator:>15,}",
+        ]
+        if f.image_encoder:
+            lines.append(f"  image encoder (frozen)         {f.image_encoder:>15,}  ({f.image_tokens} image tokens "
+                         "per video that every block cross-attends; not in the memory columns)")
+        lines.append("")
         keys = list(dict.fromkeys(k for s in self.stages for k in s.memory))
         header = ["stage", "trainable", *keys, "total/GPU", "time", "stage total"]
         rows = [[s.name, f"{s.trainable:,}", *(_size(s.memory.get(k, 0.0)) for k in keys),
@@ -286,9 +394,11 @@ def estimate(params: Params, processes: int | None = None, sharding: Sharding | 
     def inference_activations(batch: int) -> float:
         return f.video_tokens * f.width * 4.0 * ACT_VALUES * batch
 
-    def training(name: str, what: str, trainable: int, frozen: int, units: float, steps: int, gf: bool) -> StageCost:
+    def training(name: str, what: str, trainable: int, frozen: int, teacher: int, units: float, steps: int,
+                 gf: bool) -> StageCost:
+        """``trainable`` (+ a ``frozen`` base) trained against the held ``teacher`` transformer."""
         b = d.batch_size
-        mem = {"teacher": 4.0 * f.teacher, "weights": 4.0 * (trainable + frozen) / shard,
+        mem = {"teacher": 4.0 * teacher, "weights": 4.0 * (trainable + frozen) / shard,
                "grads": 4.0 * trainable / shard, "AdamW": 8.0 * trainable / shard}
         if half:  # bf16 copies: autocast's weight cache (DDP) or two all-gathered blocks (FSDP)
             mem["bf16 copies"] = 2.0 * trainable if sharding == "ddp" else 2 * 2.0 * (trainable + frozen) / f.layers
@@ -304,11 +414,13 @@ def estimate(params: Params, processes: int | None = None, sharding: Sharding | 
 
     t = params.trajectories
     traj_seconds = params.flow.steps * g * flops / per_sec
+    two = f.two_experts
+    both = " (both transformers held, each call runs the one its timestep selects)" if two else ""
     if not from_data:
         est.stages.append(StageCost(
             "trajectories", f"{t.videos} videos x {params.flow.steps} steps x {g} transformer calls (CFG), no grad, "
-            f"videos split over {n} process(es)", 0,
-            {"teacher": 4.0 * f.teacher, "activations": inference_activations(t.batch_size * g),
+            f"videos split over {n} process(es){both}", 0,
+            {"teacher": 4.0 * f.teachers, "activations": inference_activations(t.batch_size * g),
              "trajectory buffer": 4.0 * t.batch_size * (params.flow.steps + 1) * latent},
             traj_seconds, "video", traj_seconds * -(-t.videos // n)))
     a = params.ablation
@@ -318,33 +430,52 @@ def estimate(params: Params, processes: int | None = None, sharding: Sharding | 
                                  ("data", 0, 1.0)):
         calls = int(round(samples * share * g))
         est.sources.append(SourceCost(name, upfront, calls, (upfront + calls) * flops / per_sec))
+    semantic_holds = ", starts from transformer and holds it as its teacher" if two else ""
+    detail_holds = ", starts from transformer_2 and holds it as its teacher" if two else ""
     est.stages.append(training(
         "semantic", f"full fine-tune ({'semantic expert' if a.od else 'vanilla model'}), {params.semantic.steps} "
-        f"steps of {d.batch_size}/process: forward + 2x backward + target forward", f.teacher, 0, 3.0,
-        params.semantic.steps, False))
+        f"steps of {d.batch_size}/process: forward + 2x backward + target forward{semantic_holds}", f.teacher, 0,
+        f.teacher, 3.0, params.semantic.steps, False))
     if a.od:
         pe = a.pe
         est.stages.append(training(
-            "detail", ("PE: LoRA + copies on the frozen semantic expert, forward + 1x backward (input grads)" if pe
-                       else "OD: full fine-tune, forward + 2x backward")
-            + (" + GAN/FM: 3 teacher passes" if a.gf else "") + f", {params.detail.steps} steps",
-            f.pe if pe else f.teacher, f.teacher if pe else 0, 2.0 if pe else 3.0, params.detail.steps, a.gf))
+            "detail", (f"PE: LoRA + copies on the frozen {'transformer_2' if two else 'semantic expert'}, forward + "
+                       "1x backward (input grads)" if pe else "OD: full fine-tune, forward + 2x backward")
+            + (" + GAN/FM: 3 teacher passes" if a.gf else "") + f", {params.detail.steps} steps{detail_holds}",
+            f.pe if pe else f.detail_base, f.detail_base if pe else 0, f.detail_base, 2.0 if pe else 3.0,
+            params.detail.steps, a.gf))
+    lora = f"LoRA only (rank {params.detail.lora_rank}, alpha {params.detail.lora_alpha:g}, " \
+           f"{'/'.join(params.detail.lora_targets)}, no copied layers)"
+    est.stages.append(training(
+        "semantic (LoRA-only)", f"{lora} on the frozen {'transformer' if two else 'teacher'}, also its teacher; "
+        f"forward + 1x backward (input grads) + target forward, {params.semantic.steps} steps", f.semantic_lora,
+        f.teacher, f.teacher, 2.0, params.semantic.steps, False))
+    if a.od:
+        est.stages.append(training(
+            "detail (LoRA-only)", f"{lora} on the frozen {'transformer_2' if two else 'teacher'}, also its teacher; "
+            "forward + 1x backward (input grads)" + (" + GAN/FM: 3 teacher passes" if a.gf else "")
+            + f", {params.detail.steps} steps", f.lora, f.detail_base, f.detail_base, 2.0, params.detail.steps, a.gf))
     for k in params.sample.steps if "dcm" in params.sample.methods else ():
-        resident = 4.0 * (f.teacher + (f.pe if a.pe else f.teacher))
+        # the semantic expert + the detail expert: PE extras on it, or on transformer_2 of a two-expert teacher
+        resident = 4.0 * (f.teacher + (f.pe + f.teacher_2 if a.pe else f.detail_base))
         seconds = k * flops / per_sec
         est.stages.append(StageCost(f"sample dcm@{k}", f"{k} steps, guidance 1, batch 1, "
                                     f"{'PE fused' if a.pe else 'OD'}", 0,
                                     {"weights": resident, "activations": inference_activations(1)}, seconds, "video",
                                     seconds * params.sample.videos))
     seconds = params.flow.steps * g * flops / per_sec
-    est.stages.append(StageCost("sample teacher", f"{params.flow.steps} steps, {g} calls per step (CFG)", 0,
-                                {"teacher": 4.0 * f.teacher, "activations": inference_activations(g)}, seconds, "video",
+    est.stages.append(StageCost("sample teacher", f"{params.flow.steps} steps, {g} calls per step (CFG){both}", 0,
+                                {"teacher": 4.0 * f.teachers, "activations": inference_activations(g)}, seconds, "video",
                                 seconds * params.sample.videos))
     stored = len(set(range(0, params.flow.steps + 1, store)) | {params.flow.steps})
     est.host = ({"dataset latents per 1,000 videos, held by each distillation process":
                  1000 * latent * {"float32": 4}.get(params.dataset.dtype, 2)} if from_data else
                 {"trajectories held by each distillation process":
                  t.videos * stored * latent * {"float32": 4}.get(t.dtype, 2)})
+    if f.condition_channels:  # one image condition per video, in the latent's resolution
+        videos = 1000 if from_data else t.videos
+        est.host[f"image conditions ({f.condition_channels} channels) of {videos:,} videos"] = (
+            videos * f.condition_channels * latent // f.latent[0] * {"float32": 4}.get(t.dtype, 2))
     est.assumptions = [
         f"compute: {tflops:g} TFLOP/s sustained per GPU (--tflops); 400 is ~{100 * 400 / H100_PEAK:.0f}% MFU of an "
         f"H100 SXM's {H100_PEAK:g} dense bf16 TFLOP/s; fp32 runs are far slower than this",
@@ -378,7 +509,35 @@ def estimate(params: Params, processes: int | None = None, sharding: Sharding | 
         "online step for points store_every skipped); data costs one VAE encode per video (not counted) and one "
         "online guided teacher step per sample of every semantic and detail step (the release's recipe); "
         "both are priced for the semantic and detail steps of these params, one call per sample",
+        "LoRA-only rows (both experts as LoRA adapters, for limited memory): trainable = the LoRA of detail.lora_rank,"
+        " lora_alpha and lora_targets on the frozen teacher transformer, no copied timestep layers; the frozen base "
+        "is counted as the PE detail expert's is, in the weights column (divided by the processes under FSDP, whole "
+        "under DDP) besides the replicated fp32 teacher (a trainer that used the base with its adapters off as the "
+        "teacher would save that column); a step costs a PE step's FLOPs (forward + input-gradient backward)",
     ]
+    if f.two_experts:
+        where = (f"at t >= {1000 * f.boundary_ratio:g} (sigma >= {f.boundary_ratio:g}, boundary_ratio of its "
+                 "model_index.json)" if f.boundary_ratio is not None else "above its boundary_ratio (not given)")
+        est.assumptions.append(
+            f"two-expert teacher: transformer runs {where}, transformer_2 below; the semantic stage starts from "
+            "transformer and holds it alone as its teacher, the detail stage starts from (PE, LoRA-only: is built "
+            "on) transformer_2 and holds it alone as its teacher; trajectories and teacher sampling hold both; "
+            "DCM's boundary is assumed at the teacher's, so each expert only meets its own transformer's timesteps")
+    if f.condition_channels:
+        est.assumptions.append(
+            f"image-to-video: the transformer takes {f.condition_channels} condition channels (the first-frame mask "
+            "and the image latent) beside the noisy latent, counted in its patch embedding's parameters; the "
+            "condition costs no tokens")
+    if f.image_tokens:
+        est.assumptions.append(
+            f"image tokens: every block also cross-attends the {f.image_tokens} tokens of the CLIP image encoder "
+            f"(in the attended tokens of the FLOPs); the image encoder itself ({f.image_encoder:,} parameters) runs "
+            "once per image and, like the text encoder, is not in the memory columns")
+    if f.expand_timesteps:
+        est.assumptions.append(
+            f"a timestep per token (expand_timesteps): the latent {f.latent} comes from the Wan2.2 VAE's compression; "
+            "image-to-video writes the image's latent into latent frame 0 (timestep 0 there), so it costs what "
+            "text-to-video costs; the per-token modulation (6 x width per token, once per step) is not counted")
     return est
 
 
