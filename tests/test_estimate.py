@@ -95,6 +95,18 @@ PUBLISHED = {
 }
 
 
+#: the Wan2.2 and image-to-video layouts (issue 23): the size its authors publish, the transformers it holds, the
+#: exact count of each (what diffusers' WanTransformer3DModel builds from the released config, = the released
+#: weights; Wan2.1-I2V's files also hold 40 unused ``norm_added_q`` tensors, 204,800 values, that the class ignores)
+#: and the latent of one video at the model's default size. Sources: src/dcm/model_configs/README.md.
+WAN_LAYOUTS = {
+    "wan2.2-t2v-a14b": ("A14B", ("transformer", "transformer_2"), 14_288_491_584, (16, 21, 90, 160)),
+    "wan2.2-i2v-a14b": ("A14B", ("transformer", "transformer_2"), 14_288_901_184, (16, 21, 90, 160)),
+    "wan2.2-ti2v-5b": ("5B", ("transformer",), 4_999_787_712, (48, 31, 44, 80)),
+    "wan2.1-i2v-14b-480p": ("14B", ("transformer",), 16_394_878_784, (16, 21, 60, 104)),
+}
+
+
 @pytest.fixture(scope="module")
 def shipped():
     """name -> the estimate of the shipped model on 8 GPUs with FSDP, computed once per module."""
@@ -108,7 +120,7 @@ def shipped():
 
 
 def test_the_named_checkpoints_are_shipped():
-    assert set(shipped_models()) == set(PUBLISHED)
+    assert set(shipped_models()) == set(PUBLISHED) | set(WAN_LAYOUTS)
     for name, (size, *_) in PUBLISHED.items():
         info = shipped_model(name)
         assert info.published_size == size
@@ -197,3 +209,156 @@ def test_both_training_sources_are_priced_in_teacher_calls():
     assert [c.calls for c in from_data.sources] == [c.calls for c in est.sources]
     assert "trajectories" not in [s.name for s in from_data.stages]
     assert from_data.stage("semantic").seconds > est.stage("semantic").seconds  # its online teacher steps
+
+
+# ---- Wan2.2 two-expert, TI2V-5B and image-to-video architectures; LoRA-only experts (issue 23) ------------------
+
+@pytest.mark.parametrize("name", sorted(WAN_LAYOUTS))
+def test_wan_layouts_hold_structure_only(name):
+    """model.json plus one config.json per part, each with keys its class accepts: nothing to download."""
+    import diffusers
+    import transformers
+
+    directory = shipped_models()[name]
+    parts = set(WAN_LAYOUTS[name][1]) | {"vae"} | ({"image_encoder"} if name.startswith("wan2.1-i2v") else set())
+    assert sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()) == sorted(
+        ["model.json", *(f"{part}/config.json" for part in parts)])
+    for part in parts:
+        config = json.loads((directory / part / "config.json").read_text())
+        if part == "image_encoder":
+            vision = getattr(transformers, config["architectures"][0]).config_class
+            assert set(config) - {"architectures", "model_type"} <= set(vision().to_dict()), part
+        else:
+            accepted = set(inspect.signature(getattr(diffusers, config["_class_name"]).__init__).parameters)
+            assert set(config) - {"_class_name"} <= accepted, part
+
+
+@pytest.mark.parametrize("name", sorted(WAN_LAYOUTS))
+def test_wan_layout_counts_are_exact_and_near_the_published_size(shipped, name):
+    from accelerate import init_empty_weights
+    from diffusers import WanTransformer3DModel
+
+    size, parts, released, latent = WAN_LAYOUTS[name]
+    directory = shipped_models()[name]
+    counts = []
+    for part in parts:  # built here straight from the shipped config, as the released weights load
+        with init_empty_weights():
+            model = WanTransformer3DModel.from_config(json.loads((directory / part / "config.json").read_text()))
+        counts.append(count_parameters(model.parameters()))
+    f = shipped(name).facts
+    assert [f.teacher, *([f.teacher_2] if f.two_experts else [])] == counts == [released] * len(parts)
+    assert abs(f.teacher / (float(size.lstrip("A").rstrip("B")) * 1e9) - 1) <= 0.2, f"{name}: {f.teacher:,}"
+    assert f.latent == latent
+    assert shipped_model(name).published_size == size
+
+
+def test_wan22_vae_sets_the_tokens_of_ti2v_5b(shipped):
+    """48 latent channels at 16x spatial / 4x temporal compression: 121 x 704 x 1280 -> 31 x 22 x 40 tokens."""
+    f = shipped("wan2.2-ti2v-5b").facts
+    assert f.latent == (48, 31, 704 // 16, 1280 // 16) and f.video_tokens == 31 * 22 * 40
+    assert f.expand_timesteps and not f.two_experts and f.condition_channels == 0
+    assert "a timestep per token" in shipped("wan2.2-ti2v-5b").render()
+
+
+def test_two_expert_teacher_stages_hold_their_own_transformer(shipped):
+    """Semantic expert from ``transformer`` against ``transformer``; detail expert from ``transformer_2`` against
+    ``transformer_2``; trajectories and teacher sampling hold both."""
+    est = shipped("wan2.2-t2v-a14b")
+    f = est.facts
+    assert f.two_experts and f.boundary_ratio == 0.875
+    assert "starts from transformer and holds it as its teacher" in est.stage("semantic").what
+    assert "starts from transformer_2 and holds it as its teacher" in est.stage("detail").what
+    assert "on the frozen transformer_2" in est.stage("detail").what
+    assert "frozen transformer," in est.stage("semantic (LoRA-only)").what
+    assert "frozen transformer_2," in est.stage("detail (LoRA-only)").what
+    for stage in ("semantic", "detail", "semantic (LoRA-only)", "detail (LoRA-only)"):
+        assert est.stage(stage).memory["teacher"] == 4.0 * f.teacher  # one transformer, not both
+    for stage in ("trajectories", "sample teacher"):
+        assert est.stage(stage).memory["teacher"] == 4.0 * (f.teacher + f.teacher_2)
+    text = est.render()
+    assert "teacher transformer_2" in text and "t >= 875" in text
+    assert "the semantic stage starts from transformer and holds it alone" in text
+    one = shipped("wan2.1-14b")
+    assert not one.facts.two_experts and "transformer_2" not in one.render()
+    assert shipped("wan2.2-i2v-a14b").facts.boundary_ratio == 0.9
+
+
+def test_a_checkpoint_with_transformer_2_is_a_two_expert_teacher(tmp_path):
+    """A downloaded Wan2.2 directory: transformer_2 and the boundary_ratio of its model_index.json."""
+    import shutil
+
+    path = make_tiny_checkpoint("wan", tmp_path / "wan")
+    frames, height, width = VIDEO_SHAPES["wan"]
+    params = Params().with_overrides({"model": {"backbone": "wan", "path": str(path), "frames": frames,
+                                                "height": height, "width": width}})
+    one = model_facts(params)
+    shutil.copytree(path / "transformer", path / "transformer_2")
+    index = json.loads((path / "model_index.json").read_text())
+    (path / "model_index.json").write_text(json.dumps({**index, "boundary_ratio": 0.875}))
+    two = model_facts(params)
+    assert (one.teacher_2, one.boundary_ratio) == (0, None)
+    assert (two.teacher_2, two.boundary_ratio, two.teacher) == (one.teacher, 0.875, one.teacher)
+    assert two.pe == one.pe  # the detail expert on transformer_2, a copy of transformer
+
+
+def test_wan21_i2v_attends_the_clip_image_tokens(shipped):
+    """257 CLIP ViT-H/14 tokens (16 x 16 patches + the class token) join every block's cross-attention; 20
+    condition channels (mask 4 + image latent 16) enter beside the 16 latent channels."""
+    from dataclasses import replace
+
+    est = shipped("wan2.1-i2v-14b-480p")
+    f = est.facts
+    assert (f.image_tokens, f.condition_channels) == (257, 20)
+    assert f.image_encoder == 632_076_800  # CLIPVisionModelWithProjection, as the conversion saves it
+    assert f.forward_flops() > replace(f, image_tokens=0).forward_flops()
+    text = est.render()
+    assert "257 tokens of the CLIP image encoder" in text and "20 condition channels" in text
+    assert any(key.startswith("image conditions (20 channels)") for key in est.host)
+    i2v_a14b = shipped("wan2.2-i2v-a14b").facts
+    assert (i2v_a14b.image_tokens, i2v_a14b.condition_channels) == (0, 20)  # Wan2.2 I2V: no CLIP branch
+
+
+@pytest.mark.parametrize("sharding", ["fsdp", "ddp"])
+@pytest.mark.parametrize("name", sorted(set(PUBLISHED) | set(WAN_LAYOUTS)))
+def test_lora_only_experts_train_less_and_hold_less(shipped, name, sharding):
+    """Every model prices both experts as LoRA adapters too: far fewer trainable parameters and less memory per
+    GPU than the full experts (semantic: full fine-tune; detail: PE) under the same sharding."""
+    est = estimate(params_for_model(name), 8, sharding, facts=shipped(name).facts)
+    for full, lora in (("semantic", "semantic (LoRA-only)"), ("detail", "detail (LoRA-only)")):
+        full_row, lora_row = est.stage(full), est.stage(lora)
+        assert 0 < lora_row.trainable < full_row.trainable
+        assert sum(lora_row.memory.values()) < sum(full_row.memory.values()), (full, lora)
+        assert lora_row.total_seconds > 0
+    assert est.stage("semantic (LoRA-only)").trainable < est.stage("semantic").trainable / 20
+    assert "LoRA-only rows" in est.render()
+
+
+def test_cli_prices_wan22_t2v_a14b_on_8_gpus_with_fsdp(monkeypatch):
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from dcm.cli import app
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the repository's params.yaml
+    result = CliRunner().invoke(app, ["estimate", "--model", "wan2.2-t2v-a14b", "--processes", "8",
+                                      "--sharding", "fsdp"])
+    assert result.exit_code == 0, result.output
+    for line in ("teacher transformer_2", "semantic (LoRA-only)", "detail (LoRA-only)", "total/GPU", "FSDP"):
+        assert line in result.output
+
+
+@pytest.mark.parametrize("name", sorted(WAN_LAYOUTS))
+def test_example_params_file_matches_the_shipped_model(name):
+    """configs/<name>.yaml is a valid params file for the model's default video, and says it is estimate only."""
+    from pathlib import Path
+
+    from dcm.config import load_params
+
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    params = load_params(path)
+    info = shipped_model(name)
+    m = params.model
+    assert (m.backbone, m.frames, m.height, m.width, m.max_sequence_length) == (
+        info.backbone, info.frames, info.height, info.width, info.text_tokens)
+    assert "ESTIMATE ONLY SO FAR" in path.read_text() and info.checkpoint.split("/")[1] in m.path
