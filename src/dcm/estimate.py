@@ -465,8 +465,8 @@ def estimate(params: Params, processes: int | None = None, sharding: Sharding | 
                                     seconds * params.sample.videos))
     seconds = params.flow.steps * g * flops / per_sec
     est.stages.append(StageCost("sample teacher", f"{params.flow.steps} steps, {g} calls per step (CFG){both}", 0,
-                                {"teacher": 4.0 * f.teachers, "activations": inference_activations(g)}, seconds, "video",
-                                seconds * params.sample.videos))
+                                {"teacher": 4.0 * f.teachers, "activations": inference_activations(g)}, seconds,
+                                "video", seconds * params.sample.videos))
     stored = len(set(range(0, params.flow.steps + 1, store)) | {params.flow.steps})
     est.host = ({"dataset latents per 1,000 videos, held by each distillation process":
                  1000 * latent * {"float32": 4}.get(params.dataset.dtype, 2)} if from_data else
