@@ -238,8 +238,9 @@ def export_cmd(
 @command()
 def estimate(
     model: str = typer.Option(None, "--model", "-m", help="a shipped architecture, no weights needed: "
-                              "wan2.1-1.3b, wan2.1-14b, cogvideox-2b, cogvideox-5b, hunyuanvideo (its backbone, "
-                              "video size and text length replace params.yaml's model section)"),
+                              "wan2.1-1.3b, wan2.1-14b, cogvideox-2b, cogvideox-5b, hunyuanvideo, and (estimate "
+                              "only so far) wan2.2-t2v-a14b, wan2.2-i2v-a14b, wan2.2-ti2v-5b, wan2.1-i2v-14b-480p "
+                              "(its backbone, video size and text length replace params.yaml's model section)"),
     processes: int = typer.Option(None, min=1, help="GPUs (default: launch.num_processes)"),
     sharding: str = typer.Option(None, help="'fsdp' (full shard) or 'ddp' (replicated); default: from "
                                  "launch.config_file"),
