@@ -86,7 +86,7 @@ def report(_: argparse.Namespace) -> None:
         spec = json.loads(path.with_suffix(".json").read_text())
         frame = pd.read_csv(path)
         trained = frame[frame.step > 0]
-        best = trained.psnr.cummax()
+        best = frame.psnr.cummax()[frame.step > 0]  # the guard's reference: the best so far, step 0 included
         rows.append({"run": path.stem, "stage": spec["stage"], "settings": " ".join(spec["sets"]) or "defaults",
                      "checks": len(frame), "finite": int(frame.finite.min()),
                      "min variance ratio": frame.frame_variance_ratio.min(),
@@ -103,7 +103,7 @@ def report(_: argparse.Namespace) -> None:
         "Each student with its default learning rate, and with one 100x too high, the guard off, checked every "
         "25 steps on 32 validation videos (`research/collapse_guard.py`). Ratios are the student's few-step "
         "samples' statistic over the teacher's 50-step samples from the same noise; the drop is the largest "
-        "fall of PSNR below its best since training began.", "",
+        "fall of PSNR below its best so far (step 0, the untrained student, included), as the guard measures it.", "",
         table.to_markdown(index=False, floatfmt=".3f"), "", "Commands:", "", *commands, ""])
     atomic_write_text(REPORT, text)
     print(text)

@@ -255,14 +255,16 @@ def test_a_collapsed_student_stops_the_stage_and_its_last_healthy_checkpoint_is_
 def test_the_validation_curve_compares_each_student_with_the_teacher(workspace, micro_distill):
     """Every check logs PSNR and SSIM against the teacher's samples from the same noise and the statistics
     that show collapse; on the toy world also its scores."""
-    params = with_overrides(micro_distill, {"lcm": {"steps": 4}, "distill": {"validate_every": 2}})
+    # a learning rate that moves the micro student visibly off the teacher (the guard's PSNR check off)
+    params = with_overrides(micro_distill, {"lcm": {"steps": 4, "lr": 0.01},
+                                            "distill": {"validate_every": 2, "collapse_psnr_drop": 0.0}})
     prepare(params)
     run_distill(params, "lcm")
     rows = pd.read_csv(ART / "lcm" / "validation.csv")
     assert list(rows["step"]) == [0, 2, 4]
     for key in ("psnr", "ssim", "saturation_ratio", "frame_change_ratio", "frame_variance_ratio", "total"):
         assert rows[key].notna().all(), key
-    assert (rows["psnr"] > 10).all() and (rows["ssim"] > 0).all()
+    assert (rows["psnr"] > 10).all() and (rows["psnr"] <= 40).all() and (rows["ssim"] > 0).all()
     assert rows["psnr"].nunique() > 1  # the student moves off the teacher
 
 
@@ -368,3 +370,23 @@ def test_bf16_autocast_keeps_fp32_master_weights_and_checkpointing_changes_no_re
     assert losses[2] == pytest.approx(losses[0], rel=1e-4)
     for name, value in weights["fp32"].items():
         torch.testing.assert_close(weights["checkpointed"][name], value, atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("row, tripped", [
+    ({"finite": 1, "psnr": 27.0, "frame_variance_ratio": 0.9, "frame_change_ratio": 1.1}, None),
+    ({"finite": 0, "psnr": 27.0, "frame_variance_ratio": 0.9, "frame_change_ratio": 1.1}, "non-finite"),
+    ({"finite": 1, "psnr": 27.0, "frame_variance_ratio": 0.1, "frame_change_ratio": 1.1}, "solid-colour"),
+    ({"finite": 1, "psnr": 27.0, "frame_variance_ratio": 0.9, "frame_change_ratio": 0.1}, "static"),
+    ({"finite": 1, "psnr": 14.0, "frame_variance_ratio": 0.9, "frame_change_ratio": 2.8}, "below its best so far"),
+])
+def test_the_collapse_guard_reads_the_newest_check_against_the_teacher_and_the_best_so_far(tmp_path, row, tripped):
+    """The thresholds of params.yaml; the PSNR reference is the best check so far, the untrained student's
+    (step 0) included: a student that falls far below where it started has collapsed."""
+    from dcm.config import load_params
+    from dcm.distill.probes import ValidationCurve
+
+    curve = ValidationCurve(load_params(ROOT / "params.yaml"), None, None, None, None, tmp_path, None)
+    curve.rows = [{"step": 0, "finite": 1, "psnr": 26.3, "frame_variance_ratio": 0.88, "frame_change_ratio": 1.3},
+                  {"step": 25, **row}]
+    found = curve.collapse()
+    assert (found is None) if tripped is None else (tripped in found)

@@ -130,3 +130,18 @@ def test_claims_over_seeds_read_each_seeds_per_video_table_from_mlflow(tmp_path,
     for seed, frame in logged.items():
         pd.testing.assert_frame_equal(by_seed[seed][frame.columns], frame, check_dtype=False)
     assert [m.shape for m in per_video_scores(tables)["dcm@4"]] == [matrix.shape, matrix.shape]
+
+
+def test_the_few_step_failure_table_sets_the_teachers_own_steps_against_its_full_schedule():
+    from dcm.reporting.tables import few_step_failure_table
+
+    def scores(detail, total):
+        return {"detail": detail, "motion_smoothness": 0.9, "quality": 0.8, "total": total,
+                "total_interval": [total - 0.01, total + 0.01]}
+
+    metrics = {"teacher@50": scores(0.98, 0.90), "undistilled@8": scores(0.69, 0.85),
+               "undistilled@4": scores(0.49, 0.80), "dcm@4": scores(0.9, 0.88)}
+    lines = few_step_failure_table(metrics, "teacher@50").splitlines()
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| 4", "| 8", "| 50"]  # fewest steps first, no students
+    assert "| 0.4900 | 0.500 |" in lines[2] and "0.8000 [0.7900, 0.8100]" in lines[2]
+    assert few_step_failure_table({"teacher@50": scores(0.98, 0.9), "dcm@4": scores(0.9, 0.88)}, "teacher@50") is None

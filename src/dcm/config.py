@@ -256,7 +256,7 @@ class DistillParams(_Section):
     collapse_motion_ratio: float = Field(0.2, ge=0.0, lt=1.0, description="collapse guard: stop when the "
                                          "student's frame-to-frame change falls below this share of the teacher's "
                                          "(static video); 0: off")
-    collapse_psnr_drop: float = Field(10.0, ge=0.0, description="collapse guard: stop when the PSNR to the "
+    collapse_psnr_drop: float = Field(6.0, ge=0.0, description="collapse guard: stop when the PSNR to the "
                                       "teacher falls this many dB below its best so far; 0: off")
     seed: int = 0
 

@@ -150,9 +150,7 @@ class ValidationCurve:
         if d.collapse_motion_ratio and row["frame_change_ratio"] < d.collapse_motion_ratio:
             return (f"frame-to-frame change {row['frame_change_ratio']:.3f} of the teacher's, below "
                     f"distill.collapse_motion_ratio = {d.collapse_motion_ratio} (static output)")
-        # its best since training began: at step 0 a student is the teacher, whose k-step samples may match
-        # its own samples exactly where the grid is as short as the validation schedule
-        best = max((r["psnr"] for r in self.rows if r["step"] > 0), default=row["psnr"])
+        best = max(r["psnr"] for r in self.rows)  # step 0 included: the untrained student, the teacher itself
         if d.collapse_psnr_drop and row["psnr"] < best - d.collapse_psnr_drop:
             return (f"PSNR to the teacher {row['psnr']:.2f} dB, more than distill.collapse_psnr_drop = "
                     f"{d.collapse_psnr_drop} dB below its best so far ({best:.2f} dB)")

@@ -10,7 +10,7 @@ import pandas as pd
 
 from dcm.config import Params
 from dcm.io import atomic_write_text
-from dcm.reporting.tables import ablation_table, fmt, methods_over_seeds, methods_table, table
+from dcm.reporting.tables import ablation_table, few_step_failure_table, fmt, methods_over_seeds, methods_table, table
 
 PAPER_TABLE_3 = ("Paper (HunyuanVideo, 4 steps, VBench Total %): none 80.30; OD 83.08; OD+PE 83.03; "
                  "OD+PE+TC 83.42; OD+PE+GF 83.71; all four 83.80.")
@@ -97,6 +97,12 @@ def pipeline_report(metrics: dict[str, dict], teacher_key: str, runs: pd.DataFra
              methods_over_seeds(runs, config_tags(params)["dcm.config"], intervals), "",
              f"## Methods, this run (distill.seed = {params.distill.seed}, {videos} videos each)", "",
              methods_table(metrics, teacher_key), ""]
+    failure = few_step_failure_table(metrics, teacher_key)
+    if failure:
+        lines += ["## What few steps lose before any distillation", "",
+                  "The teacher's own Euler samples at each student step count (`undistilled`) against its full "
+                  "schedule, on the same prompts and noise: what a few-step student has to win back.", "",
+                  failure, ""]
     if claims:
         lines += [f"## The paper's claims, decided {claims_basis}", "",
                   "A claim reads yes or no only when the 95% bootstrap interval of its margin lies on one side "

@@ -59,6 +59,26 @@ def methods_table(metrics: dict[str, dict], teacher_key: str) -> str:
     return table(rows, header)
 
 
+def few_step_failure_table(metrics: dict[str, dict], teacher_key: str) -> str | None:
+    """What the world leaves for a student to fix (paper Sec. 1, Fig. 2): the teacher's own k-step Euler
+    samples (``undistilled``) against its full schedule, on detail, motion smoothness and Total; None
+    without the undistilled control or the toy world's scores."""
+    full = metrics.get(teacher_key, {})
+    keys = sorted((k for k in metrics if k.startswith("undistilled@")), key=lambda k: int(k.split("@")[1]))
+    if not keys or "detail" not in full:
+        return None
+    rows = []
+    for key in [*keys, teacher_key]:
+        m = metrics[key]
+        total = fmt(m.get("total"))
+        if "total_interval" in m:
+            total += " [{:.4f}, {:.4f}]".format(*m["total_interval"])
+        rows.append([key.split("@")[1], fmt(m.get("detail")), fmt(m.get("detail") / full["detail"], 3),
+                     fmt(m.get("motion_smoothness")), fmt(m.get("quality")), total])
+    return table(rows, ["teacher's steps", "detail", "detail / full schedule's", "motion smoothness", "Quality",
+                        "Total [95% interval]"])
+
+
 def newest_per_seed(frame: pd.DataFrame, config: str) -> pd.DataFrame:
     """The newest run of each seed of this configuration (``dcm.config``: the params but the seed)."""
     return frame[frame.config == config].drop_duplicates("seed", keep="first") if not frame.empty else frame
