@@ -95,6 +95,8 @@ class TwoExpertTransformer(nn.Module):
             if mask.all():  # the whole batch on one side: the expert sees it unchanged, as in WanPipeline
                 return expert(hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image,
                               return_dict=return_dict, attention_kwargs=attention_kwargs)
+            if not mask.any():
+                continue
             index = mask.nonzero().squeeze(1)
             image = None if encoder_hidden_states_image is None else encoder_hidden_states_image[index]
             parts.append(expert(hidden_states[index], timestep[index], encoder_hidden_states[index], image,
