@@ -18,6 +18,7 @@ from dcm.stages.boundary import run_boundary
 from dcm.stages.distill import run_distill
 from dcm.stages.sample import run_sample
 from dcm.stages.teacher import run_teacher
+from dcm.stages.teacher_eval import run_teacher_eval
 from dcm.stages.trajectories import run_trajectories
 from dcm.stages.validation import run_validation
 from tiny_checkpoints import VIDEO_SHAPES, WAN22_BOUNDARY_RATIO, make_tiny_checkpoint
@@ -115,10 +116,12 @@ def _params(checkpoint, prompts, **trajectories):
                          "guidance_scale": 3.0, **trajectories},
         "sample": {"methods": ["teacher", "undistilled"], "steps": [2], "videos": 2, "videos_per_prompt": 1,
                    "batch_size": 2, "prompt_file": str(prompts), "latency_batch": 1, "latency_repeats": 1},
+        "teacher_eval": {"videos": 2, "batch_size": 2, "guidance_scale": 3.0,
+                         "guidance_scale_2": trajectories.get("guidance_scale_2")},
     })
 
 
-def test_the_teacher_trajectories_validation_boundary_and_sample_stages_run_on_a_two_expert_teacher(
+def test_the_teacher_stages_trajectories_validation_boundary_and_sample_run_on_a_two_expert_teacher(
         wan22, tmp_path, monkeypatch):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle moving left\na blue square moving up\n")
@@ -127,6 +130,8 @@ def test_the_teacher_trajectories_validation_boundary_and_sample_stages_run_on_a
     params = _params(wan22, prompts, guidance_scale_2=1.5)
 
     run_teacher(params)
+    assert run_teacher_eval(params)["videos"] == 2
+    assert {r["guidance_scale_2"] for r in read_manifest(Layout().teacher_report_dir / "samples")} == {1.5}
     run_trajectories(params)
     manifest = json.loads((Layout().trajectories / "manifest.json").read_text())
     assert manifest["videos"] == 4

@@ -55,7 +55,8 @@ def run_teacher_eval(params: Params, layout: Layout = Layout()) -> dict[str, flo
             name = f"{i:04d}.mp4"
             write_mp4(out / "samples" / name, video)
             records.append({"file": name, "prompt": prompt, "seed": seed, "method": "teacher",
-                            "steps": params.flow.steps, "guidance_scale": cfg.guidance_scale})
+                            "steps": params.flow.steps, "guidance_scale": cfg.guidance_scale,
+                            **({"guidance_scale_2": cfg.guidance_scale_2} if cfg.guidance_scale_2 is not None else {})})
             scores = evaluate_video(video, prompt, params.world.to_config()) if toy else {}
             rows.append({"file": name, "prompt": prompt, "seed": seed, **scores})
         write_manifest(out / "samples", records)
