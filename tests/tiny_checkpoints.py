@@ -22,8 +22,10 @@ from dcm.world.grammar import word_list
 #: (frames, height, width) of a video each tiny checkpoint accepts: 4x temporal / 8x spatial VAEs give
 #: a 2x4x4 latent (3x4x4 for CogVideoX, whose VAE decodes an odd number of latent frames), which the
 #: 1x2x2 patches tile
-VIDEO_SHAPES: dict[str, tuple[int, int, int]] = {"wan": (5, 32, 32), "cogvideox": (9, 32, 32),
+VIDEO_SHAPES: dict[str, tuple[int, int, int]] = {"wan": (5, 32, 32), "wan2.2": (5, 32, 32), "cogvideox": (9, 32, 32),
                                                  "hunyuanvideo": (5, 32, 32)}
+#: Wan2.2-T2V-A14B's switch: ``transformer`` at t >= 875, ``transformer_2`` below
+WAN22_BOUNDARY_RATIO = 0.875
 TEXT_DIM, LATENT_CHANNELS = 16, 4
 VAE_CHANNELS = (8, 8, 8, 8)
 
@@ -52,9 +54,17 @@ def _t5_config(cls, vocab_size: int):
                dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
 
 
-def _wan(directory: Path, **transformer_config) -> None:
+def _wan(directory: Path, boundary_ratio: float | None = None, **transformer_config) -> None:
+    """Wan2.1's layout; with ``boundary_ratio``, Wan2.2-A14B's: a second transformer (other random weights)
+    in ``transformer_2`` that WanPipeline runs below the boundary."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
+
+    def transformer() -> WanTransformer3DModel:
+        return WanTransformer3DModel(**{
+            "patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 8,
+            "in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS, "text_dim": TEXT_DIM, "freq_dim": 16,
+            "ffn_dim": 32, "num_layers": 1, "rope_max_seq_len": 64, **transformer_config})
 
     tokenizer = t5_tokenizer(512)
     WanPipeline(
@@ -63,10 +73,9 @@ def _wan(directory: Path, **transformer_config) -> None:
         vae=AutoencoderKLWan(base_dim=8, z_dim=LATENT_CHANNELS, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                              latents_mean=[0.1] * LATENT_CHANNELS, latents_std=[2.0] * LATENT_CHANNELS),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        transformer=WanTransformer3DModel(**{
-            "patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 8,
-            "in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS, "text_dim": TEXT_DIM, "freq_dim": 16,
-            "ffn_dim": 32, "num_layers": 1, "rope_max_seq_len": 64, **transformer_config}),
+        transformer=transformer(),
+        transformer_2=transformer() if boundary_ratio is not None else None,
+        boundary_ratio=boundary_ratio,
     ).save_pretrained(directory)
 
 
@@ -131,12 +140,17 @@ def _hunyuanvideo(directory: Path, **transformer_config) -> None:
     ).save_pretrained(directory)
 
 
-BUILDERS = {"wan": _wan, "cogvideox": _cogvideox, "hunyuanvideo": _hunyuanvideo}
+def _wan22(directory: Path, **transformer_config) -> None:
+    _wan(directory, WAN22_BOUNDARY_RATIO, **transformer_config)
+
+
+BUILDERS = {"wan": _wan, "wan2.2": _wan22, "cogvideox": _cogvideox, "hunyuanvideo": _hunyuanvideo}
 
 
 def make_tiny_checkpoint(kind: str, directory: Path, seed: int = 0, **transformer_config) -> Path:
-    """Write a tiny random ``kind`` checkpoint to ``directory``; ``transformer_config`` overrides the
-    transformer's (e.g. CogVideoX 1.5's ``patch_size_t``)."""
+    """Write a tiny random ``kind`` checkpoint to ``directory`` (``wan2.2``: Wan2.2-A14B's two-transformer
+    layout, loaded by the ``wan`` backbone); ``transformer_config`` overrides the transformer's (e.g.
+    CogVideoX 1.5's ``patch_size_t``)."""
     torch.manual_seed(seed)
     BUILDERS[kind](Path(directory), **transformer_config)
     return Path(directory)

@@ -169,11 +169,17 @@ class TeacherParams(_Section):
         return self
 
 
+#: the description of ``guidance_scale_2`` (WanPipeline's name), beside each teacher ``guidance_scale``
+SECOND_SCALE = ("two-expert (Wan2.2-A14B) teacher: the CFG scale where transformer_2 runs, below its boundary_ratio; "
+                "guidance_scale applies above; null: guidance_scale")
+
+
 class TeacherEvalParams(_Section):
     """Held-out evaluation of the trained teacher (``stages/teacher_eval.py``)."""
 
     videos: int = Field(64, ge=1, description="prompts x held-out seeds to sample")
     guidance_scale: float = Field(1.0, ge=1.0, le=20.0, description="classifier-free guidance scale")
+    guidance_scale_2: float | None = Field(None, ge=1.0, le=20.0, description=SECOND_SCALE)
     batch_size: int = Field(16, ge=1)
     probe_sigmas: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
         [0.2, 0.4, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0],
@@ -186,6 +192,7 @@ class TrajectoryParams(_Section):
 
     videos: int = Field(256, ge=1, description="trajectories to generate")
     guidance_scale: float = Field(1.0, ge=1.0, le=20.0, description="teacher CFG scale the students learn")
+    guidance_scale_2: float | None = Field(None, ge=1.0, le=20.0, description=SECOND_SCALE)
     batch_size: int = Field(16, ge=1)
     shard_size: int = Field(16, ge=1, description="videos per shard file (the unit of resume)")
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
@@ -408,6 +415,13 @@ class Params(_Section):
         if self.distill.source == "data" and not self.model.toy_world and not self.dataset.path:
             raise ValueError(f"distill.source = 'data' on model.backbone = {self.model.backbone!r} needs dataset.path: "
                              "a local folder of videos with metadata.jsonl or metadata.csv (file_name, text)")
+        second = {key: value for key, value in (("trajectories.guidance_scale_2", self.trajectories.guidance_scale_2),
+                                                ("teacher_eval.guidance_scale_2", self.teacher_eval.guidance_scale_2))
+                  if value is not None}
+        if second and not backbone_class(self.model.backbone).two_expert_pipeline:
+            key, value = next(iter(second.items()))
+            raise ValueError(f"{key} = {value} is a two-expert (Wan2.2) teacher's second CFG scale; model.backbone = "
+                             f"{self.model.backbone!r} has one transformer (set it to null)")
         if self.pcm.phases > self.flow.steps:
             raise ValueError(f"pcm.phases = {self.pcm.phases} must be at most flow.steps = {self.flow.steps}")
         return self
@@ -436,15 +450,16 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "trajectories": ("model", "world", "flow", "trajectories", "launch"),
     "boundary": ("model", "world", "flow", "trajectories", "boundary"),
     "dataset": ("model", "world", "dataset", "distill.source", "launch"),
-    "validation": ("model", "world", "flow", "trajectories.guidance_scale", "trajectories.prompt_file",
-                   "distill.validate_videos"),
+    "validation": ("model", "world", "flow", "trajectories.guidance_scale", "trajectories.guidance_scale_2",
+                   "trajectories.prompt_file", "distill.validate_videos"),
     "semantic": ("model", "boundary", "world", "flow", "trajectories", "dataset", "ablation.od", "ablation.tc",
                  "distill", "semantic", "launch"),
     "detail": ("model", "boundary", "world", "flow", "trajectories", "dataset", "ablation", "distill", "detail",
                "launch"),
     "lcm": ("model", "world", "flow", "trajectories", "dataset", "distill", "lcm", "launch"),
     "pcm": ("model", "world", "flow", "trajectories", "dataset", "distill", "pcm", "launch"),
-    "sample": ("model", "boundary", "world", "flow", "trajectories.guidance_scale", "sample"),
+    "sample": ("model", "boundary", "world", "flow", "trajectories.guidance_scale", "trajectories.guidance_scale_2",
+               "sample"),
     "evaluate": ("model.backbone", "world", "flow.steps", "sample", "evaluate"),
     "report": ("boundary", "flow", "trajectories", "distill.source", "sample.methods"),
 }

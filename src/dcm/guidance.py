@@ -7,10 +7,13 @@ from collections.abc import Callable, Sequence
 import torch
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: a guidance scale, or one that depends on the noise level: ``fn(sigma)`` gives a number for one sigma,
+#: and scales broadcastable over the batch for a sigma per sample (a two-expert teacher's two scales)
+GuidanceScale = float | Callable[[torch.Tensor], float | torch.Tensor]
 
 
 def guided(velocity: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-           cond: torch.Tensor, uncond: torch.Tensor | None, guidance_scale: float) -> VelocityFn:
+           cond: torch.Tensor, uncond: torch.Tensor | None, guidance_scale: GuidanceScale) -> VelocityFn:
     """``v_uncond + w * (v_cond - v_uncond)``; one batched call per step when guiding."""
     if uncond is None or guidance_scale == 1.0:
         return lambda x, sigma: velocity(x, sigma, cond)
@@ -19,7 +22,8 @@ def guided(velocity: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.
         sigma = torch.as_tensor(sigma)
         both = torch.cat([sigma, sigma]) if sigma.ndim else sigma
         v_cond, v_uncond = velocity(torch.cat([x, x]), both, torch.cat([cond, uncond])).chunk(2)
-        return v_uncond + guidance_scale * (v_cond - v_uncond)
+        w = guidance_scale(sigma) if callable(guidance_scale) else guidance_scale
+        return v_uncond + (w.to(v_cond) if isinstance(w, torch.Tensor) else w) * (v_cond - v_uncond)
 
     return fn
 

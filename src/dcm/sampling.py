@@ -82,6 +82,7 @@ class Sampler:
     semantic: torch.nn.Module
     detail: torch.nn.Module | None = None  # DCM only
     boundary_sigma: float | None = None
+    guidance_scale_2: float | None = None  # a two-expert teacher's scale below its switch (None: guidance_scale)
 
     def uses_detail(self, sigma: float) -> bool:
         return self.detail is not None and sigma <= self.boundary_sigma + 1e-7
@@ -107,10 +108,10 @@ def method_sigmas(method: str, steps: int, backbone: Backbone, params) -> list[f
 
 
 def teacher_sampler(backbone: Backbone, transformer: torch.nn.Module, steps: int, shift: float,
-                    guidance_scale: float) -> Sampler:
+                    guidance_scale: float, guidance_scale_2: float | None = None) -> Sampler:
     """The teacher with guidance on its full ``steps``-step grid."""
     sigmas = backbone.sigma_grid(steps, shift).flip(0).tolist()
-    return Sampler("teacher", steps, sigmas, guidance_scale, transformer.eval())
+    return Sampler("teacher", steps, sigmas, guidance_scale, transformer.eval(), guidance_scale_2=guidance_scale_2)
 
 
 @torch.no_grad()
@@ -131,7 +132,8 @@ def sample(sampler: Sampler, backbone: Backbone, prompts: list[str], seeds: list
             for a, b in zip(sigmas[:-1], sigmas[1:], strict=True):
                 if sampler.uses_detail(float(a)) and not in_detail:  # one switch per batch
                     model, in_detail = stack.enter_context(sampler.detail_model()), True
-                velocity = backbone.guided_velocity(model, text, empty.expand(len(x), -1, -1), sampler.guidance_scale)
+                velocity = backbone.guided_velocity(model, text, empty.expand(len(x), -1, -1), sampler.guidance_scale,
+                                                    sampler.guidance_scale_2)
                 x = flow.euler_step(x, velocity(x, a), a, b)
         out.append(x.cpu())
     return torch.cat(out)

@@ -184,7 +184,8 @@ def load_sampler(method: str, steps: int, backbone: Backbone, params: Params, la
     sigmas = method_sigmas(method, steps, backbone, params)
     check_method(method, params, layout)
     if method in ("teacher", "undistilled"):
-        return Sampler(method, steps, sigmas, params.trajectories.guidance_scale, backbone.transformer)
+        return Sampler(method, steps, sigmas, params.trajectories.guidance_scale, backbone.transformer,
+                       guidance_scale_2=params.trajectories.guidance_scale_2)
     if method in ("lcm", "pcm"):
         return Sampler(method, steps, sigmas, 1.0, load_student(method, backbone, params, layout)[1])
     _, semantic = load_student("semantic", backbone, params, layout)

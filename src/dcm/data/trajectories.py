@@ -49,13 +49,14 @@ class TrajectorySpec:
     shape: tuple[int, ...]  # one latent video: (C, T, H, W)
     dtype: str
     stored: tuple[int, ...]  # grid indices kept, ascending
+    guidance_scale_2: float | None = None  # a two-expert teacher's scale below its switch
 
     @classmethod
     def from_params(cls, params: Params, shape: tuple[int, ...]) -> TrajectorySpec:
         t = params.trajectories
         n = params.flow.steps
         stored = tuple(sorted(set(range(0, n + 1, t.store_every)) | {n}))
-        return cls(n, params.flow.shift, t.guidance_scale, tuple(shape), t.dtype, stored)
+        return cls(n, params.flow.shift, t.guidance_scale, tuple(shape), t.dtype, stored, t.guidance_scale_2)
 
 
 def prompt_set(params: Params) -> list[tuple[str, int]]:
@@ -76,9 +77,10 @@ def _shard_name(index: int) -> str:
 
 @torch.no_grad()
 def teacher_trajectory(backbone: Backbone, text: torch.Tensor, empty: torch.Tensor, noise: torch.Tensor,
-                       sigmas: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+                       sigmas: torch.Tensor, guidance_scale: float,
+                       guidance_scale_2: float | None = None) -> torch.Tensor:
     """Every grid point of the guided Euler solve, ``(B, N + 1, C, T, H, W)`` indexed by grid index."""
-    velocity = backbone.guided_velocity(backbone.transformer, text, empty, guidance_scale)
+    velocity = backbone.guided_velocity(backbone.transformer, text, empty, guidance_scale, guidance_scale_2)
     steps = len(sigmas) - 1
     points = [None] * (steps + 1)
     x = backbone.initial_latents(noise, float(sigmas[-1]))
@@ -99,7 +101,12 @@ def _shard_is_done(directory: Path, index: int, spec: TrajectorySpec, items: lis
 
 
 def _jsonable(spec: TrajectorySpec) -> dict:
-    return json.loads(json.dumps(asdict(spec)))
+    """The spec as stored in the manifest; ``guidance_scale_2`` only when set, so the manifests of
+    one-transformer teachers read as before it existed."""
+    values = asdict(spec)
+    if values["guidance_scale_2"] is None:
+        del values["guidance_scale_2"]
+    return json.loads(json.dumps(values))
 
 
 def latent_shape(params: Params, backbone: Backbone) -> tuple[int, ...]:
@@ -135,7 +142,8 @@ def generate(params: Params, backbone: Backbone, out_dir: Path, accelerator: Acc
             batch = chunk[start:start + t.batch_size]
             text = backbone.encode_prompts([p for p, _ in batch]).to(accelerator.device)
             noise = initial_noise([s for _, s in batch], shape).to(accelerator.device)
-            traj = teacher_trajectory(backbone, text, empty.expand(len(batch), -1, -1), noise, sigmas, t.guidance_scale)
+            traj = teacher_trajectory(backbone, text, empty.expand(len(batch), -1, -1), noise, sigmas, t.guidance_scale,
+                                      t.guidance_scale_2)
             latents.append(traj[:, list(spec.stored)].to("cpu", dtype))
             embeds.append(text.to("cpu", dtype))
             bar.update(len(batch))
@@ -196,7 +204,8 @@ def check_manifest(directory: Path, params: Params) -> None:
     spec = json.loads(manifest_path.read_text())["spec"]
     expected = _jsonable(TrajectorySpec.from_params(params, tuple(spec["shape"])))
     if spec != expected:
-        changed = ", ".join(f"{k} {spec.get(k)} there, {v} now" for k, v in expected.items() if spec.get(k) != v)
+        changed = ", ".join(f"{k} {spec.get(k)} there, {expected.get(k)} now" for k in {**spec, **expected}
+                            if spec.get(k) != expected.get(k))
         raise TrajectoryError(f"{manifest_path} was made with other settings ({changed}); rerun the trajectories "
                               "stage (`dvc repro trajectories`)")
 

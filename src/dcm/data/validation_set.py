@@ -46,8 +46,10 @@ def validation_items(params: Params) -> list[tuple[str, int]]:
 
 
 def _spec(params: Params, shape: tuple[int, ...]) -> dict:
+    second = params.trajectories.guidance_scale_2  # only when set: one-transformer sets read as before
     return {"steps": params.flow.steps, "shift": params.flow.shift,
-            "guidance_scale": params.trajectories.guidance_scale, "shape": list(shape)}
+            "guidance_scale": params.trajectories.guidance_scale, "shape": list(shape),
+            **({"guidance_scale_2": second} if second is not None else {})}
 
 
 @dataclass
@@ -75,7 +77,7 @@ def make(params: Params, teacher: Backbone, out_dir: Path, batch_size: int = 8) 
     for start in range(0, len(items), batch_size):
         cond = text[start:start + batch_size]
         velocity = teacher.guided_velocity(teacher.transformer, cond, empty.expand(len(cond), -1, -1),
-                                           params.trajectories.guidance_scale)
+                                           params.trajectories.guidance_scale, params.trajectories.guidance_scale_2)
         x = teacher.initial_latents(noise[start:start + batch_size], float(sigmas[-1]))
         for k in range(params.flow.steps, 0, -1):
             x = flow.euler_step(x, velocity(x, sigmas[k]), sigmas[k], sigmas[k - 1])

@@ -42,12 +42,12 @@ def check_inputs(params: Params, stage: str, layout: Layout = Layout()) -> None:
     """Fail before anything is written when the stage's inputs are missing or were made with other
     params: the teacher, the training source (its manifest's spec), the semantic expert under PE."""
     from dcm.data import trajectories, video_dataset
-    from dcm.models import check_teacher_dir
+    from dcm.models import check_one_transformer
 
     plan = StudentPlan.for_stage(stage, params)
     if plan is None:
         return
-    check_teacher_dir(layout.teacher_model)
+    check_one_transformer(layout.teacher_model)  # checks the teacher directory too
     source = params.distill.source
     {"trajectories": trajectories, "data": video_dataset}[source].check_manifest(layout.source(source), params)
     if plan.pe:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dcm.models.base import Backbone, BackboneError, check_model_dir
+from dcm.models.base import Backbone, BackboneError, TeacherMismatchError, check_model_dir
 from dcm.models.cogvideox import CogVideoXBackbone
 from dcm.models.hunyuan import HunyuanVideoBackbone
 from dcm.models.tiny import TinyBackbone, build_tiny_backbone
-from dcm.models.wan import WanBackbone
+from dcm.models.wan import TwoExpertTransformer, WanBackbone
 
 #: the registry, by ``kind``: a new backbone is its module (a :class:`Backbone` subclass holding every fact
 #: about the family) and its entry here; ``model.backbone`` takes these names
@@ -61,6 +61,33 @@ def check_teacher_dir(path: str | Path) -> None:
     backbone_class(info["kind"]).check(info.get("path", path))
 
 
+def teacher_expert_boundary(path: str | Path) -> float | None:
+    """The expert switch of the teacher in directory ``path`` (:meth:`Backbone.expert_boundary`), read
+    before loading any weight: None for a teacher with one transformer."""
+    check_teacher_dir(path)
+    info = json.loads((Path(path) / META).read_text())
+    return backbone_class(info["kind"]).expert_boundary(info.get("path", path))
+
+
+def check_guidance_scale_2(path: str | Path, key: str, value: float | None) -> None:
+    """Fail before loading when ``key`` (a CFG scale for ``transformer_2``) is set for a teacher with
+    one transformer, which has nothing to apply it to."""
+    if value is not None and teacher_expert_boundary(path) is None:
+        raise TeacherMismatchError(f"{key} = {value} is the CFG scale of a two-expert teacher's transformer_2 (a "
+                                   "Wan2.2 directory whose model_index.json names transformer_2 and boundary_ratio); "
+                                   f"the teacher in {path} has one transformer: set {key} to null")
+
+
+def check_one_transformer(path: str | Path) -> None:
+    """Refuse to distil a two-expert teacher: the students would start from, and be guided by, the
+    switching pair as if it were one transformer."""
+    boundary = teacher_expert_boundary(path)
+    if boundary is not None:
+        raise TeacherMismatchError(f"distilling a two-expert teacher is not supported yet: the teacher in {path} "
+                                   f"switches from transformer to transformer_2 at t = {boundary:g}; its trajectories, "
+                                   "validation set, samples, teacher_eval and `dcm boundary` work")
+
+
 def write_backbone_link(directory: str | Path, kind: str, source: str | Path, **options) -> None:
     """Point a teacher directory at a local diffusers checkpoint (real backbones are not copied)."""
     from dcm.io import write_json
@@ -70,6 +97,7 @@ def write_backbone_link(directory: str | Path, kind: str, source: str | Path, **
     write_json(directory / META, {"kind": kind, "path": str(Path(source).resolve()), "options": options})
 
 
-__all__ = ["BACKBONES", "Backbone", "BackboneError", "CogVideoXBackbone", "HunyuanVideoBackbone", "TinyBackbone",
-           "WanBackbone", "backbone_class",
-           "build_tiny_backbone", "check_model_dir", "check_teacher_dir", "load_backbone", "write_backbone_link"]
+__all__ = ["BACKBONES", "Backbone", "BackboneError", "CogVideoXBackbone", "HunyuanVideoBackbone", "TeacherMismatchError",
+           "TinyBackbone", "TwoExpertTransformer", "WanBackbone", "backbone_class", "build_tiny_backbone",
+           "check_guidance_scale_2", "check_model_dir", "check_one_transformer", "check_teacher_dir", "load_backbone",
+           "teacher_expert_boundary", "write_backbone_link"]

@@ -38,6 +38,10 @@ class BackboneError(DcmError, FileNotFoundError):
     """A model directory that is missing or incomplete."""
 
 
+class TeacherMismatchError(DcmError, ValueError):
+    """A param or a stage the teacher checkpoint cannot serve (e.g. a second CFG scale for one transformer)."""
+
+
 def check_model_dir(path: str | Path, required: Sequence[str], kind: str, hint: str) -> Path:
     """Fail before loading anything when ``path`` lacks one of the ``required`` subfolders or files."""
     path = Path(path)
@@ -88,6 +92,12 @@ class Backbone(ABC):
     def check(cls, path: str | Path) -> Path:
         """Fail fast, before loading any weights, when ``path`` is not a complete model directory."""
         return check_model_dir(path, cls.subfolders, cls.kind, cls.source_hint)
+
+    @classmethod
+    def expert_boundary(cls, path: str | Path) -> float | None:
+        """The timestep at which the checkpoint in ``path`` switches from its ``transformer`` to its
+        ``transformer_2`` (a two-expert teacher, read before loading any weight); None: one transformer."""
+        return None
 
     @classmethod
     @abstractmethod
@@ -152,8 +162,10 @@ class Backbone(ABC):
         """Call ``transformer`` (the teacher or a student) as a flow-matching velocity model."""
 
     def guided_velocity(self, transformer: nn.Module, cond: torch.Tensor, uncond: torch.Tensor | None,
-                        guidance_scale: float) -> VelocityFn:
-        """The guided teacher velocity ``fn(x, sigma)``; ``guidance_scale`` 1 is the plain model."""
+                        guidance_scale: float, guidance_scale_2: float | None = None) -> VelocityFn:
+        """The guided teacher velocity ``fn(x, sigma)``; ``guidance_scale`` 1 is the plain model.
+        ``guidance_scale_2`` is a two-expert teacher's scale below its switch (:meth:`expert_boundary`);
+        a model with one transformer has none (the params refuse one)."""
         return guided(lambda x, s, c: self.velocity(transformer, x, s, c), cond, uncond, guidance_scale)
 
     # ---- what the detail expert and the discriminator need ------------------------------------

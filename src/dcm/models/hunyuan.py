@@ -155,7 +155,7 @@ class HunyuanVideoBackbone(Backbone):
         )[0]
 
     def guided_velocity(self, transformer: nn.Module, cond: torch.Tensor, uncond: torch.Tensor | None,
-                        guidance_scale: float) -> VelocityFn:
+                        guidance_scale: float, guidance_scale_2: float | None = None) -> VelocityFn:
         """Embedded guidance: one call per step with :attr:`embedded_guidance_scale` as input, for the
         teacher and the students alike (they learn and sample the same guided model). The CFG scale
         (``trajectories.guidance_scale``) and ``uncond`` do not apply to a guidance-distilled model."""

@@ -1,19 +1,26 @@
-"""Wan2.1 (``WanTransformer3DModel``) from a local diffusers directory.
+"""Wan2.1 and Wan2.2-A14B (``WanTransformer3DModel``) from a local diffusers directory.
 
 Flow matching with velocity prediction on shifted sigmas, timestep ``1000 * sigma``, UMT5 text
 embeddings with padding zeroed (as ``WanPipeline`` does), classifier-free guidance, and the
 ``AutoencoderKLWan`` latents normalised per channel by ``latents_mean`` / ``latents_std``.
+
+A directory whose ``model_index.json`` names a ``transformer_2`` and a ``boundary_ratio`` (Wan2.2-A14B)
+is a two-expert teacher: :class:`TwoExpertTransformer` runs ``transformer`` at timesteps
+``t >= boundary_ratio * num_train_timesteps`` and ``transformer_2`` below, and its CFG uses
+``guidance_scale`` above the switch and ``guidance_scale_2`` below, as ``WanPipeline`` does per step.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from dcm import flow
-from dcm.models.base import Backbone
+from dcm.guidance import VelocityFn, guided
+from dcm.models.base import Backbone, BackboneError, check_model_dir
 
 WAN_SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer")
 WAN_TIMESTEP_LAYERS = ("condition_embedder.time_embedder", "condition_embedder.time_proj", "proj_out",
@@ -36,6 +43,73 @@ def encode_t5(tokenizer, text_encoder: nn.Module, prompts: list[str], max_length
     return hidden * mask[..., None].to(hidden.dtype)
 
 
+def expert_boundary(path: Path) -> float | None:
+    """The timestep at which the checkpoint in ``path`` switches from ``transformer`` to ``transformer_2``
+    (``boundary_ratio`` times the scheduler's ``num_train_timesteps``, as WanPipeline computes it), or
+    None for one transformer (no ``model_index.json``, or one that names no ``transformer_2``)."""
+    index_file = path / "model_index.json"
+    if not index_file.exists():
+        return None
+    index = json.loads(index_file.read_text())
+    names_second = any(index.get("transformer_2") or [])
+    ratio = index.get("boundary_ratio")
+    if not names_second and ratio is None:
+        return None
+    if not names_second or ratio is None:
+        raise BackboneError(f"{index_file} names {'transformer_2' if names_second else f'boundary_ratio {ratio}'} "
+                            f"without {'boundary_ratio' if names_second else 'transformer_2'}: a two-expert Wan2.2 "
+                            "checkpoint needs both (WanPipeline switches transformers at boundary_ratio)")
+    scheduler_file = path / "scheduler" / "scheduler_config.json"
+    train_timesteps = json.loads(scheduler_file.read_text()).get("num_train_timesteps", 1000) \
+        if scheduler_file.exists() else 1000
+    return float(ratio) * train_timesteps
+
+
+class TwoExpertTransformer(nn.Module):
+    """Wan2.2-A14B's two transformers as one module: ``transformer`` (the high-noise expert) for the
+    samples at ``t >= boundary_timestep``, ``transformer_2`` (low-noise) below, the rule WanPipeline
+    applies per step. dcm also calls a teacher with a timestep per sample: a batch that straddles the
+    boundary is split, each part run by its expert, and the outputs put back in the batch's order."""
+
+    def __init__(self, transformer: nn.Module, transformer_2: nn.Module, boundary_timestep: float):
+        super().__init__()
+        self.transformer, self.transformer_2, self.boundary_timestep = transformer, transformer_2, boundary_timestep
+
+    @property
+    def config(self):
+        """The high-noise expert's config (Wan2.2-A14B's two share one architecture)."""
+        return self.transformer.config
+
+    def high_noise(self, timestep: torch.Tensor) -> torch.Tensor:
+        """True where ``transformer`` runs."""
+        return torch.as_tensor(timestep) >= self.boundary_timestep
+
+    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                encoder_hidden_states_image: torch.Tensor | None = None, return_dict: bool = True,
+                attention_kwargs: dict | None = None):
+        batch = hidden_states.shape[0]
+        timestep = torch.as_tensor(timestep, device=hidden_states.device).expand(batch)
+        high = self.high_noise(timestep)
+        parts, rows = [], []
+        for expert, mask in ((self.transformer, high), (self.transformer_2, ~high)):
+            if mask.all():  # the whole batch on one side: the expert sees it unchanged, as in WanPipeline
+                return expert(hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image,
+                              return_dict=return_dict, attention_kwargs=attention_kwargs)
+            if not mask.any():
+                continue
+            index = mask.nonzero().squeeze(1)
+            image = None if encoder_hidden_states_image is None else encoder_hidden_states_image[index]
+            parts.append(expert(hidden_states[index], timestep[index], encoder_hidden_states[index], image,
+                                return_dict=False, attention_kwargs=attention_kwargs)[0])
+            rows.append(index)
+        out = torch.cat(parts)[torch.cat(rows).argsort()]
+        if return_dict:
+            from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+            return Transformer2DModelOutput(sample=out)
+        return (out,)
+
+
 class WanBackbone(Backbone):
     kind = "wan"
     transformer_class = "WanTransformer3DModel"
@@ -53,13 +127,30 @@ class WanBackbone(Backbone):
         self.max_sequence_length = max_sequence_length or self.default_max_sequence_length
 
     @classmethod
+    def check(cls, path: str | Path) -> Path:
+        """As :meth:`Backbone.check`, and a two-expert checkpoint must hold its ``transformer_2`` too."""
+        path = Path(path)
+        if path.is_dir() and expert_boundary(path) is not None:
+            return check_model_dir(path, (*cls.subfolders, "transformer_2"), "two-expert Wan2.2", cls.source_hint)
+        return super().check(path)
+
+    @classmethod
+    def expert_boundary(cls, path: str | Path) -> float | None:
+        return expert_boundary(Path(path))
+
+    @classmethod
     def from_pretrained(cls, path: str | Path, max_sequence_length: int | None = None, **_) -> WanBackbone:
         from diffusers import AutoencoderKLWan, WanTransformer3DModel
         from transformers import AutoTokenizer, UMT5EncoderModel
 
         path = cls.check(path)
+        transformer = WanTransformer3DModel.from_pretrained(path / "transformer")
+        boundary = expert_boundary(path)
+        if boundary is not None:
+            transformer = TwoExpertTransformer(transformer, WanTransformer3DModel.from_pretrained(path / "transformer_2"),
+                                               boundary)
         return cls(
-            WanTransformer3DModel.from_pretrained(path / "transformer"),
+            transformer,
             AutoencoderKLWan.from_pretrained(path / "vae").eval().requires_grad_(False),
             UMT5EncoderModel.from_pretrained(path / "text_encoder").eval().requires_grad_(False),
             AutoTokenizer.from_pretrained(path / "tokenizer"),
@@ -96,3 +187,18 @@ class WanBackbone(Backbone):
 
     def velocity(self, transformer, latents, sigma, text):
         return wan_velocity(transformer, latents, sigma, text)
+
+    def guided_velocity(self, transformer: nn.Module, cond: torch.Tensor, uncond: torch.Tensor | None,
+                        guidance_scale: float, guidance_scale_2: float | None = None) -> VelocityFn:
+        """A two-expert teacher guides with ``guidance_scale`` where ``transformer`` runs and with
+        ``guidance_scale_2`` (None: the same) where ``transformer_2`` does, per sample."""
+        if not isinstance(transformer, TwoExpertTransformer) or guidance_scale_2 in (None, guidance_scale):
+            return super().guided_velocity(transformer, cond, uncond, guidance_scale)
+
+        def scale(sigma: torch.Tensor) -> float | torch.Tensor:
+            high = transformer.high_noise(flow.timestep(sigma.float()))
+            if not sigma.ndim:
+                return guidance_scale if bool(high) else guidance_scale_2
+            return torch.where(high, guidance_scale, guidance_scale_2).view(-1, 1, 1, 1, 1)
+
+        return guided(lambda x, s, c: self.velocity(transformer, x, s, c), cond, uncond, scale)

@@ -59,13 +59,14 @@ def run_sample(params: Params, layout: Layout = Layout()) -> dict:
     from dcm.data.prompts import sample_items
     from dcm.data.trajectories import latent_shape
     from dcm.io import write_json, write_manifest, write_mp4
-    from dcm.models import load_backbone
+    from dcm.models import check_guidance_scale_2, load_backbone
     from dcm.sampling import method_sigmas, sample
     from dcm.students import check_method, load_sampler
     from dcm.tracking import log_metrics
     from dcm.world.render import to_video
 
     prompts, seeds, names = sample_items(params)
+    check_guidance_scale_2(layout.teacher_model, "trajectories.guidance_scale_2", params.trajectories.guidance_scale_2)
     backbone = load_backbone(layout.teacher_model)
     plan = sample_plan(params)
     # every schedule and every student is checked before any sampling starts ...
@@ -88,7 +89,9 @@ def run_sample(params: Params, layout: Layout = Layout()) -> dict:
             for latent, prompt, seed, name in zip(latents, prompts, seeds, names, strict=True):
                 write_mp4(target / name, to_video(backbone.decode_latents(latent[None])[0]))
                 records.append({"file": name, "prompt": prompt, "seed": seed, "method": method, "steps": steps,
-                                "guidance_scale": sampler.guidance_scale})
+                                "guidance_scale": sampler.guidance_scale,
+                                **({"guidance_scale_2": sampler.guidance_scale_2}
+                                   if sampler.guidance_scale_2 is not None else {})})
             write_manifest(target, records)  # last: a folder with a manifest is complete
         loaded = None
         for group in timing_groups(params):

@@ -23,7 +23,7 @@ def run_teacher_eval(params: Params, layout: Layout = Layout()) -> dict[str, flo
     from dcm.data.prompts import heldout_prompts
     from dcm.data.trajectories import latent_shape
     from dcm.io import write_json, write_manifest, write_mp4
-    from dcm.models import load_backbone
+    from dcm.models import check_guidance_scale_2, load_backbone
     from dcm.reporting.documents import teacher_report
     from dcm.reporting.figures import accuracy_by_noise, frame_grid
     from dcm.sampling import sample, teacher_sampler
@@ -35,8 +35,10 @@ def run_teacher_eval(params: Params, layout: Layout = Layout()) -> dict[str, flo
 
     cfg, toy = params.teacher_eval, params.model.toy_world
     prompts, seeds = heldout_prompts(None if toy else params.sample.prompt_file, cfg.videos, cfg.seed)
+    check_guidance_scale_2(layout.teacher_model, "teacher_eval.guidance_scale_2", cfg.guidance_scale_2)
     backbone = load_backbone(layout.teacher_model)
-    teacher = teacher_sampler(backbone, backbone.transformer, params.flow.steps, params.flow.shift, cfg.guidance_scale)
+    teacher = teacher_sampler(backbone, backbone.transformer, params.flow.steps, params.flow.shift, cfg.guidance_scale,
+                              cfg.guidance_scale_2)
     shape = latent_shape(params, backbone)
     out = layout.teacher_report_dir
     with stage_run("teacher_eval", params, {"method": "teacher", "steps": str(params.flow.steps)}):
@@ -53,7 +55,8 @@ def run_teacher_eval(params: Params, layout: Layout = Layout()) -> dict[str, flo
             name = f"{i:04d}.mp4"
             write_mp4(out / "samples" / name, video)
             records.append({"file": name, "prompt": prompt, "seed": seed, "method": "teacher",
-                            "steps": params.flow.steps, "guidance_scale": cfg.guidance_scale})
+                            "steps": params.flow.steps, "guidance_scale": cfg.guidance_scale,
+                            **({"guidance_scale_2": cfg.guidance_scale_2} if cfg.guidance_scale_2 is not None else {})})
             scores = evaluate_video(video, prompt, params.world.to_config()) if toy else {}
             rows.append({"file": name, "prompt": prompt, "seed": seed, **scores})
         write_manifest(out / "samples", records)

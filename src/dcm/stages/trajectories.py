@@ -10,9 +10,10 @@ from dcm.tracking import stage_run
 def run_trajectories(params: Params, layout: Layout = Layout()) -> None:
     """Generate the teacher's ODE trajectories (finished shards are kept and skipped)."""
     from dcm.data.trajectories import generate, prompt_set
-    from dcm.models import check_teacher_dir, load_backbone
+    from dcm.models import check_guidance_scale_2, check_teacher_dir, load_backbone
 
     check_teacher_dir(layout.teacher_model)
+    check_guidance_scale_2(layout.teacher_model, "trajectories.guidance_scale_2", params.trajectories.guidance_scale_2)
     prompt_set(params)  # a bad prompt source fails here, before anything is written
     backbone = load_backbone(layout.teacher_model)
     with stage_run("trajectories", params):
