@@ -294,7 +294,8 @@ def test_a_checkpoint_with_transformer_2_is_a_two_expert_teacher(tmp_path):
     one = model_facts(params)
     shutil.copytree(path / "transformer", path / "transformer_2")
     index = json.loads((path / "model_index.json").read_text())
-    (path / "model_index.json").write_text(json.dumps({**index, "boundary_ratio": 0.875}))
+    (path / "model_index.json").write_text(json.dumps({**index, "transformer_2": index["transformer"],
+                                                       "boundary_ratio": 0.875}))
     two = model_facts(params)
     assert (one.teacher_2, one.boundary_ratio) == (0, None)
     assert (two.teacher_2, two.boundary_ratio, two.teacher) == (one.teacher, 0.875, one.teacher)

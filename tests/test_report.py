@@ -145,3 +145,25 @@ def test_the_few_step_failure_table_sets_the_teachers_own_steps_against_its_full
     assert [line.split(" | ")[0] for line in lines[2:]] == ["| 4", "| 8", "| 50"]  # fewest steps first, no students
     assert "| 0.4900 | 0.500 |" in lines[2] and "0.8000 [0.7900, 0.8100]" in lines[2]
     assert few_step_failure_table({"teacher@50": scores(0.98, 0.9), "dcm@4": scores(0.9, 0.88)}, "teacher@50") is None
+
+
+def test_the_sources_table_compares_full_dcm_from_each_training_source_with_its_teacher_calls():
+    import pandas as pd
+
+    from dcm.config import Params
+    from dcm.distill.batches import teacher_calls
+    from dcm.reporting.tables import sources_table
+
+    def run(source, seed, total, od=True):
+        return {"source": source, "seed": seed, "od": od, "pe": True, "tc": True, "gf": True, "boundary": 11,
+                "dcm_4/total": total, "dcm_8/total": total + 0.01}
+
+    params = Params()
+    calls = teacher_calls(params, 1)
+    assert calls == {"trajectories": (256 * 50, 0), "data": (0, (600 + 400) * 8)}
+    frame = pd.DataFrame([run("data", 0, 0.80), run("trajectories", 0, 0.85), run("trajectories", 1, 0.87),
+                          run("data", 1, 0.84), run("data", 2, 0.5, od=False)])
+    rows = sources_table(frame, calls, boundary=11).splitlines()[2:]
+    assert rows[0].startswith("| trajectories | 0, 1 | 0.8600 ± 0.0141 (n=2) |") and "12,800 + 0 online" in rows[0]
+    assert rows[1].startswith("| data | 0, 1 | 0.8200 ± 0.0283 (n=2) |") and "0 + 8,000 online" in rows[1]
+    assert sources_table(frame[frame.source == "data"], calls, boundary=11) is None

@@ -461,7 +461,8 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "sample": ("model", "boundary", "world", "flow", "trajectories.guidance_scale", "trajectories.guidance_scale_2",
                "sample"),
     "evaluate": ("model.backbone", "world", "flow.steps", "sample", "evaluate"),
-    "report": ("boundary", "flow", "trajectories", "distill.source", "sample.methods"),
+    "report": ("boundary", "flow", "trajectories", "ablation.od", "distill.source", "distill.batch_size",
+               "semantic.steps", "detail.steps", "sample.methods"),
 }
 
 

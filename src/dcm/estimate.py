@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from dcm.config import Params, ParamsError
+from dcm.distill.batches import teacher_calls
 
 Sharding = Literal["fsdp", "ddp"]
 ACT_VALUES = 17  # stored activation values per token per width per block (Korthikanti et al. 2022: 34 bytes at 16 bit)
@@ -424,11 +425,7 @@ def estimate(params: Params, processes: int | None = None, sharding: Sharding | 
              "trajectory buffer": 4.0 * t.batch_size * (params.flow.steps + 1) * latent},
             traj_seconds, "video", traj_seconds * -(-t.videos // n)))
     a = params.ablation
-    student_steps = params.semantic.steps + (params.detail.steps if a.od else 0)
-    samples = student_steps * d.batch_size * n  # (video, grid point) draws of the expert stages, all processes
-    for name, upfront, share in (("trajectories", t.videos * params.flow.steps * g, (store - 1) / store),
-                                 ("data", 0, 1.0)):
-        calls = int(round(samples * share * g))
+    for name, (upfront, calls) in teacher_calls(params, g, n).items():
         est.sources.append(SourceCost(name, upfront, calls, (upfront + calls) * flops / per_sec))
     semantic_holds = ", starts from transformer and holds it as its teacher" if two else ""
     detail_holds = ", starts from transformer_2 and holds it as its teacher" if two else ""

@@ -76,6 +76,19 @@ class DataSource:
 Source = TrajectorySource | DataSource
 
 
+def teacher_calls(params: Params, branches: int, processes: int = 1) -> dict[str, tuple[int, int]]:
+    """Teacher transformer calls each source costs for the semantic and detail steps of ``params``:
+    ``{source: (before distillation, during it)}``, with ``branches`` calls per guided step (2 with CFG).
+    Trajectories: a guided solve per video up front, and an online step for each point
+    ``store_every`` skipped; data: one online guided step per sample (the release's recipe)."""
+    t, d = params.trajectories, params.distill
+    steps = params.semantic.steps + (params.detail.steps if params.ablation.od else 0)
+    samples = steps * d.batch_size * processes
+    return {"trajectories": (t.videos * params.flow.steps * branches,
+                             round(samples * (t.store_every - 1) / t.store_every * branches)),
+            "data": (0, samples * branches)}
+
+
 def load_source(params: Params, layout: Layout, teacher: Backbone) -> Source:
     """The training points ``distill.source`` names, loaded and checked against the params."""
     from dcm.data import trajectories, video_dataset

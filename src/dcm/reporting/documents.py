@@ -10,7 +10,8 @@ import pandas as pd
 
 from dcm.config import Params
 from dcm.io import atomic_write_text
-from dcm.reporting.tables import ablation_table, few_step_failure_table, fmt, methods_over_seeds, methods_table, table
+from dcm.reporting.tables import (ablation_table, few_step_failure_table, fmt, methods_over_seeds, methods_table,
+                                  sources_table, table)
 
 PAPER_TABLE_3 = ("Paper (HunyuanVideo, 4 steps, VBench Total %): none 80.30; OD 83.08; OD+PE 83.03; "
                  "OD+PE+TC 83.42; OD+PE+GF 83.71; all four 83.80.")
@@ -80,10 +81,11 @@ def _swap_section(swap: list[dict], ideal: dict[str, float]) -> list[str]:
 
 def pipeline_report(metrics: dict[str, dict], teacher_key: str, runs: pd.DataFrame, figures: list[str],
                     params: Params, claims: list[list[str]], claims_basis: str,
-                    intervals: dict[str, str] | None) -> str:
+                    intervals: dict[str, str] | None, calls: dict[str, tuple[int, int]]) -> str:
     """``reports/report.md``: Table 1 over seeds (with the Totals' ``intervals`` over seeds and videos,
     where there are several seeds) and for this run, the paper's ``claims`` decided with their
-    intervals (:mod:`dcm.reporting.claims`, on ``claims_basis``), Table 3 over seeds, the figures."""
+    intervals (:mod:`dcm.reporting.claims`, on ``claims_basis``), the training sources compared where both
+    have runs (``calls``: each one's teacher calls), Table 3 over seeds, the figures."""
     from dcm.tracking import config_tags
 
     videos = next(iter(metrics.values()), {}).get("videos", "–")
@@ -109,6 +111,12 @@ def pipeline_report(metrics: dict[str, dict], teacher_key: str, runs: pd.DataFra
                   "of zero, and within noise otherwise; comparisons resample the same videos for both methods "
                   "(they share prompts and noise), speed claims resample the interleaved timing rounds.", "",
                   table(claims, ["claim", "measured [95% interval]", "holds"]), ""]
+    sources = sources_table(runs, calls, params.boundary)
+    if sources:
+        lines += ["## Training points: teacher trajectories or noised dataset videos", "",
+                  "Full DCM learning from each `distill.source` (same student steps; learning rates chosen on the "
+                  "validation split), and the teacher transformer calls each costs before and during "
+                  "distillation (`docs/data-and-validation.md`).", "", sources, ""]
     lines += ["## Ablations (paper Table 3 analog)", "", f"At boundary {params.boundary}; {PAPER_TABLE_3}", "",
               ablation_table(runs, boundary=params.boundary), "", "## Figures", ""]
     return "\n".join(lines + figures)

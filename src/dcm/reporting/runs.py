@@ -1,7 +1,7 @@
 """The experiments to compare, as one table: from MLflow's parent runs or from ``dvc exp show``.
 
-One row per DVC experiment: its name, the ablation flags, the boundary, the distillation seed and
-the headline metrics (``dcm_4/total``, ...). Tables and figures read this frame only, so both
+One row per DVC experiment: its name, the ablation flags, the boundary, the distillation seed, the
+training source (``distill.source``) and the headline metrics (``dcm_4/total``, ...). Tables and figures read this frame only, so both
 sources give the same Table 3.
 """
 
@@ -34,6 +34,8 @@ def mlflow_runs(params: Params) -> pd.DataFrame:
         "tc": runs["tags.ablation.tc"] == "True", "gf": runs["tags.ablation.gf"] == "True",
         "boundary": runs["tags.boundary"].astype(int),
         "seed": runs["params.distill.seed"].astype(int) if "params.distill.seed" in runs else 0,
+        "source": runs["params.distill.source"].fillna("trajectories") if "params.distill.source" in runs
+        else "trajectories",
         "config": runs["tags.dcm.config"] if "tags.dcm.config" in runs else None,
         "run_id": runs["run_id"],
     })

@@ -111,6 +111,26 @@ def methods_over_seeds(frame: pd.DataFrame, config: str, intervals: dict[str, st
     return note + "\n\n" + table(rows, header)
 
 
+def sources_table(frame: pd.DataFrame, calls: dict[str, tuple[int, int]], boundary: int,
+                  steps: tuple[int, ...] = (4, 8)) -> str | None:
+    """Which training source distils better (``distill.source``): full DCM (OD+PE+TC+GF) at ``boundary``
+    from each, mean ± sd over the newest run of each seed, with the teacher calls each costs (``calls``:
+    :func:`dcm.distill.batches.teacher_calls`). None unless both sources have runs."""
+    if frame.empty or "source" not in frame:
+        return None
+    full = frame[frame.od & frame.pe & frame.tc & frame.gf & (frame.boundary == boundary)]
+    if set(full.source) < {"trajectories", "data"}:
+        return None
+    rows = []
+    for source in ("trajectories", "data"):
+        newest = full[full.source == source].drop_duplicates("seed", keep="first")
+        upfront, online = calls[source]
+        rows.append([source, ", ".join(str(s) for s in sorted(newest.seed)),
+                     *(mean_sd(list(newest[f"dcm_{k}/total"].dropna())) if f"dcm_{k}/total" in newest else "–"
+                       for k in steps), f"{upfront:,} + {online:,} online"])
+    return table(rows, ["distill.source", "seeds", *[f"DCM@{k} Total" for k in steps], "teacher calls"])
+
+
 def ablation_table(frame: pd.DataFrame, steps: tuple[int, ...] = (4, 8), boundary: int | None = None) -> str:
     """Table 3 analog: per ablation setting, DCM's Total over the newest run of each seed (mean ±
     sd over the seeds present). ``boundary``: only runs at that boundary; else each setting's most

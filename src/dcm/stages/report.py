@@ -135,9 +135,12 @@ def run_report(params: Params, layout: Layout = Layout()) -> None:
         seeded = over_seeds is not None and over_seeds.seeds > 1
         basis = over_seeds if seeded else this_run
         claims = decide_claims(basis, teacher_key)
+        from dcm.distill.batches import teacher_calls
+
         text = pipeline_report(metrics, teacher_key, runs, figures, params, claims,
                                f"over {basis.seeds} seeds and their videos" if seeded else "over this run's videos",
-                               {key: over_seeds.total(key) for key in over_seeds.boot} if seeded else None)
+                               {key: over_seeds.total(key) for key in over_seeds.boot} if seeded else None,
+                               teacher_calls(params, 2 if params.trajectories.guidance_scale != 1.0 else 1))
         atomic_write_text(layout.report, text)
         mlflow.log_artifact(str(layout.report))
         mlflow.log_artifacts(str(layout.figures), artifact_path="figures")
