@@ -298,8 +298,8 @@ def test_an_experiment_learning_from_the_rendered_dataset_runs_every_student_on_
     # read by a fresh process: this one's MLflow store for the same file may hold an older snapshot
     query = ("import json, mlflow; runs = mlflow.search_runs(experiment_names=['dcm']); "
              "runs = runs[(runs['tags.dvc.exp_name'] == 'from-data') & (runs['tags.dcm.parent'] != 'true')]; "
-             "print(json.dumps({s: r.dropna().to_dict() for s, r in zip(runs['tags.dcm.stage'], "
-             "runs.filter(regex='^(metrics|params)[.]').to_dict('records'))}, default=str))")
+             "print(json.dumps({r['tags.dcm.stage']: {k: v for k, v in r.items() if k.startswith(('metrics.', "
+             "'params.')) and v == v and v is not None} for _, r in runs.iterrows()}, default=str))")
     runs = json.loads(_run([sys.executable, "-c", query], repo,
                            {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}).strip().splitlines()[-1])
     assert runs["dataset"]["metrics.dataset_kept"] == 4 and runs["dataset"]["metrics.dataset_skipped"] == 0
