@@ -63,8 +63,11 @@ FINDINGS = """## Findings so far
 - **Shape is still at chance at 1,500 steps** (0.39), as every candidate of the teacher study was at
   that budget (`reports/studies/teacher_recipe.md`); colour and direction are learned, texture class
   0.77 at 50 steps.
-- Next: continue `v2_p144` to the committed recipe's budget (a second cosine from its last step,
-  `teacher.restarts`), then a short LCM on it, before the full teacher v2.
+- Continued on a second cosine from step 1,500 (`--restarts 1500`): at step 2,000 colour 1.00, direction 1.00,
+  texture 0.79, shape 0.33; at 2,500 texture 0.92, shape 0.40; at 3,000 texture 0.96, shape 0.48 (chance
+  0.33): shape is learned last and slowly, as in the teacher study.
+- Next: continue `v2_p144` to the committed recipe's budget (5,500 steps), then a short LCM on it, before the
+  full teacher v2.
 """
 
 
