@@ -64,8 +64,9 @@ FINDINGS = """## Findings so far
   that budget (`reports/studies/teacher_recipe.md`); colour and direction are learned, texture class
   0.77 at 50 steps.
 - Continued on a second cosine from step 1,500 (`--restarts 1500`): at step 2,000 colour 1.00, direction 1.00,
-  texture 0.79, shape 0.33; at 2,500 texture 0.92, shape 0.40; at 3,000 texture 0.96, shape 0.48 (chance
-  0.33): shape is learned last and slowly, as in the teacher study.
+  texture 0.79, shape 0.33; at 2,500 texture 0.92, shape 0.40; at 3,000 texture 0.96, shape 0.48; at 3,500
+  texture 0.98, shape 0.48; at 4,000 texture 0.98, shape 0.58; at 4,500 texture 0.98, shape 0.65 (chance
+  0.33): shape is learned last and slowly, as in the teacher study. Checkpoint kept at step 4,900.
 - Next: continue `v2_p144` to the committed recipe's budget (5,500 steps), then a short LCM on it, before the
   full teacher v2.
 """
