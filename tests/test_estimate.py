@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from dcm import flow
 from dcm.config import Params, ParamsError
 from dcm.experts import ParameterEfficientExpert, count_parameters
 from dcm.estimate import estimate, model_facts, params_for_model, shipped_model, shipped_models
@@ -351,8 +352,8 @@ def test_cli_prices_wan22_t2v_a14b_on_8_gpus_with_fsdp(monkeypatch):
 
 @pytest.mark.parametrize("name", sorted(WAN_LAYOUTS))
 def test_example_params_file_matches_the_shipped_model(name):
-    """configs/<name>.yaml is a valid params file for the model's default video, and says what runs so far: the
-    estimate, and for Wan2.2-T2V-A14B the teacher stages too."""
+    """configs/<name>.yaml is a valid params file for the model's default video, says what runs so far (the
+    estimate; for Wan2.2-T2V-A14B distillation too), and a two-expert model's boundary is its switch on the grid."""
     from pathlib import Path
 
     from dcm.config import load_params
@@ -363,5 +364,10 @@ def test_example_params_file_matches_the_shipped_model(name):
     m = params.model
     assert (m.backbone, m.frames, m.height, m.width, m.max_sequence_length) == (
         info.backbone, info.frames, info.height, info.width, info.text_tokens)
-    so_far = "TEACHER ONLY SO FAR" if name == "wan2.2-t2v-a14b" else "ESTIMATE ONLY SO FAR"
+    so_far = "Every stage runs this two-expert layout" if name == "wan2.2-t2v-a14b" else "ESTIMATE ONLY SO FAR"
     assert so_far in path.read_text() and info.checkpoint.split("/")[1] in m.path
+    if info.boundary_ratio is not None:
+        grid = flow.sigma_grid(params.flow.steps, params.flow.shift)
+        assert params.boundary == flow.last_index_below(grid, info.boundary_ratio * 1000)
+        switch = info.boundary_ratio * 1000  # no grid point within rounding of it
+        assert flow.timestep(grid[params.boundary]) < switch - 1 and flow.timestep(grid[params.boundary + 1]) > switch + 1

@@ -7,10 +7,7 @@ PE detail expert, so every check compares non-trivial weights.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +15,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from tiny_checkpoints import VIDEO_SHAPES, make_tiny_checkpoint
+from tiny_checkpoints import VIDEO_SHAPES, make_tiny_checkpoint, run_stock_wan_pipeline
 from typer.testing import CliRunner
 
 from dcm import flow
@@ -102,31 +99,11 @@ def _inputs(student) -> tuple[torch.Tensor, torch.Tensor]:
     return x, text
 
 
-SCRIPT = """
-import json, sys
-import torch
-from diffusers import WanPipeline
-
-directory, latents, out, frames, height, width, prompt, steps = sys.argv[1:]
-pipe = WanPipeline.from_pretrained(directory)
-ran = []
-for name in ("transformer", "transformer_2"):
-    getattr(pipe, name).register_forward_pre_hook(lambda *_, name=name: ran.append(name))
-latents = pipe(prompt, num_inference_steps=int(steps), guidance_scale=1.0, num_frames=int(frames),
-               height=int(height), width=int(width), latents=torch.load(latents), output_type="latent").frames
-assert "dcm" not in sys.modules, "the exported pipeline must load without dcm"
-torch.save({"latents": latents, "ran": ran, "sigmas": pipe.scheduler.sigmas.tolist()}, out)
-"""
 
 
 def test_the_exported_pipeline_runs_in_stock_diffusers_exactly_like_dcm_on_the_stock_schedule(student, pipeline_dir):
-    noise = initial_noise([SEED], student.shape)
-    torch.save(noise, student.root / "noise.pt")
-    m = student.params.model
-    subprocess.run([sys.executable, "-c", SCRIPT, str(pipeline_dir), str(student.root / "noise.pt"),
-                    str(student.root / "stock.pt"), str(m.frames), str(m.height), str(m.width), PROMPT, str(STEPS)],
-                   check=True, cwd=student.root, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    stock = torch.load(student.root / "stock.pt")
+    stock = run_stock_wan_pipeline(pipeline_dir, initial_noise([SEED], student.shape), student.params.model, PROMPT,
+                                   STEPS, student.root)
 
     shift = student.params.flow.shift
     backbone = load_backbone(student.layout.teacher_model)

@@ -8,20 +8,27 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import MICRO_DISTILL
 from dcm.config import ParamsError, parse_params
 from dcm.io import read_manifest
 from dcm.layout import Layout
+from dcm.students import load_sampler, load_student
 from dcm.models import BackboneError, TeacherMismatchError, TwoExpertTransformer, load_backbone
+from dcm import flow
+from dcm.export import COPIED_FILE, export_detail_lora, export_wan_pipeline
+from dcm.guidance import initial_noise
+from dcm.sampling import sample
 from dcm.stages.boundary import run_boundary
+from dcm.stages.evaluate import run_evaluate
 from dcm.stages.distill import run_distill
 from dcm.stages.sample import run_sample
 from dcm.stages.teacher import run_teacher
 from dcm.stages.teacher_eval import run_teacher_eval
 from dcm.stages.trajectories import run_trajectories
 from dcm.stages.validation import run_validation
-from tiny_checkpoints import VIDEO_SHAPES, WAN22_BOUNDARY_RATIO, make_tiny_checkpoint
+from tiny_checkpoints import VIDEO_SHAPES, WAN22_BOUNDARY_RATIO, make_tiny_checkpoint, run_stock_wan_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -144,9 +151,83 @@ def test_the_teacher_stages_trajectories_validation_boundary_and_sample_run_on_a
     records = read_manifest(tmp_path / "artifacts/samples/teacher@4")
     assert {(r["guidance_scale"], r["guidance_scale_2"]) for r in records} == {(3.0, 1.5)}
 
-    with pytest.raises(TeacherMismatchError, match="distilling a two-expert teacher is not supported yet"):
-        run_distill(params, "semantic")
-    assert not Layout().student("semantic").exists()
+
+def _state(module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _distance(a: dict, b: dict) -> float:
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def test_each_expert_is_distilled_from_its_own_teacher_transformer_and_exports_as_a_stock_wan_pipeline(
+        wan22, teacher, tmp_path, monkeypatch):
+    """Semantic from ``transformer``, the PE detail expert on ``transformer_2``; the default boundary is the
+    teacher's switch on the grid; sampling, teacher fidelity and the export (run by stock diffusers in a
+    fresh process, equal to dcm's sampler on the stock schedule) all run."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle moving left\na blue square moving up\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # shift 17 on 8 steps: grid index 2 is t = 850, index 3 is t = 911: the teacher switches between them
+    params = _params(wan22, prompts, guidance_scale_2=1.5).with_overrides({
+        "flow": {"steps": 8}, "boundary": 2, "semantic": {"steps": 2, "lr": 1e-3, "tc_lag": 1}, "detail": {"steps": 2, "lr": 1e-3},
+        "sample": {"methods": ["teacher", "dcm"], "steps": [4]}})
+    assert flow.last_index_below(flow.sigma_grid(8, params.flow.shift), BOUNDARY_T) == params.boundary
+    high, low = _state(teacher.transformer.transformer), _state(teacher.transformer.transformer_2)
+    run_teacher(params)
+    run_trajectories(params)
+    run_validation(params)
+    run_distill(params, "semantic")
+    run_distill(params, "detail")
+
+    backbone = load_backbone(Layout().teacher_model)
+    _, semantic = load_student("semantic", backbone, params)
+    trained = _state(semantic)
+    assert 0 < _distance(trained, high) < _distance(trained, low) / 10  # moved a little, from transformer
+    _, detail = load_student("detail", backbone, params)
+    assert detail.base_name == "transformer_2"
+    base = {k.replace(".base_layer", ""): v for k, v in detail.base_parameters().items()}
+    assert _distance(base, low) == 0  # frozen: the LoRA and the copied layers are what trained
+    assert any(p.abs().max() > 0 for n, p in detail.base.named_parameters() if "lora_B" in n)
+
+    assert set(run_sample(params)) == {"teacher@8", "dcm@4"}
+    assert "psnr_vs_teacher" in run_evaluate(params)["dcm@4"]
+
+    out = export_wan_pipeline(params, steps=4)
+    shape = backbone.latent_shape(*VIDEO_SHAPES["wan2.2"])
+    noise = initial_noise([3], shape)
+    stock = run_stock_wan_pipeline(out, noise, params.model, "a red circle moving left", 4, tmp_path)
+    sampler = load_sampler("dcm", 4, backbone, params.with_overrides({"sample": {"schedule": "stock"}}))
+    ours = sample(sampler, backbone, ["a red circle moving left"], [3], shape)
+    assert (stock["latents"] - ours).abs().max().item() <= 1e-4
+    assert stock["ran"][0] == "transformer" and stock["ran"][-1] == "transformer_2"
+
+    # the detail expert as a LoRA + copied layers, loaded into the stock pipeline's transformer_2
+    from diffusers import WanPipeline
+
+    lora = export_detail_lora(params)
+    assert "load_into_transformer_2=True" in (lora / "README.md").read_text()
+    pipe = WanPipeline.from_pretrained(wan22, transformer=semantic)
+    pipe.load_lora_weights(lora, adapter_name="detail", load_into_transformer_2=True)
+    assert not pipe.transformer_2.load_state_dict(load_file(str(lora / COPIED_FILE)), strict=False).unexpected_keys
+    x, sigma, text = _inputs(teacher, [0.5, 0.5])
+    with torch.no_grad(), detail.active() as model:
+        want = teacher.velocity(model, x, sigma, text)
+        torch.testing.assert_close(teacher.velocity(pipe.transformer_2, x, sigma, text), want, rtol=1e-5, atol=1e-5)
+        assert (want - teacher.velocity(teacher.transformer.transformer_2, x, sigma, text)).abs().max() > 1e-4
+
+
+def test_a_boundary_off_the_teachers_switch_is_allowed_and_says_what_it_means(wan22, tmp_path, monkeypatch, caplog):
+    from dcm.distill.trainer import warn_off_teacher_switch
+
+    params = _params(wan22, tmp_path / "prompts.txt").with_overrides({"flow": {"steps": 8}, "boundary": 4})
+    with caplog.at_level("WARNING"):
+        warn_off_teacher_switch(params, BOUNDARY_T)
+    assert "grid index 2" in caplog.text and "detail expert (from transformer_2) also learns" in caplog.text
+    caplog.clear()
+    warn_off_teacher_switch(params.with_overrides({"boundary": 2}), BOUNDARY_T)
+    assert not caplog.text
 
 
 def test_a_second_guidance_scale_changes_the_trajectories_below_the_switch_only(wan22, teacher):

@@ -7,6 +7,9 @@ what ``DiffusionPipeline.from_pretrained`` expects.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -154,3 +157,32 @@ def make_tiny_checkpoint(kind: str, directory: Path, seed: int = 0, **transforme
     torch.manual_seed(seed)
     BUILDERS[kind](Path(directory), **transformer_config)
     return Path(directory)
+
+
+#: run in a separate process: a stock WanPipeline from an exported directory, from given latents,
+#: recording which transformer each step calls
+STOCK_WAN_SCRIPT = """
+import sys
+import torch
+from diffusers import WanPipeline
+
+directory, latents, out, frames, height, width, prompt, steps = sys.argv[1:]
+pipe = WanPipeline.from_pretrained(directory)
+ran = []
+for name in ("transformer", "transformer_2"):
+    getattr(pipe, name).register_forward_pre_hook(lambda *_, name=name: ran.append(name))
+latents = pipe(prompt, num_inference_steps=int(steps), guidance_scale=1.0, num_frames=int(frames),
+               height=int(height), width=int(width), latents=torch.load(latents), output_type="latent").frames
+assert "dcm" not in sys.modules, "the exported pipeline must load without dcm"
+torch.save({"latents": latents, "ran": ran, "sigmas": pipe.scheduler.sigmas.tolist()}, out)
+"""
+
+
+def run_stock_wan_pipeline(directory: Path, noise, model, prompt: str, steps: int, work: Path) -> dict:
+    """The exported ``directory`` run by stock diffusers alone in a fresh process (``model``: the params'
+    model section for the video size): its latents, the transformer each step ran, its sigmas."""
+    torch.save(noise, work / "noise.pt")
+    subprocess.run([sys.executable, "-c", STOCK_WAN_SCRIPT, str(directory), str(work / "noise.pt"),
+                    str(work / "stock.pt"), str(model.frames), str(model.height), str(model.width), prompt, str(steps)],
+                   check=True, cwd=work, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return torch.load(work / "stock.pt")

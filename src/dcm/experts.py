@@ -47,9 +47,10 @@ class ParameterEfficientExpert(nn.Module):
     """A detail expert made of a frozen base transformer, a LoRA and copied timestep layers."""
 
     def __init__(self, base: nn.Module, timestep_layers: Sequence[str], lora_rank: int, lora_alpha: float,
-                 lora_targets: Sequence[str]):
+                 lora_targets: Sequence[str], base_name: str = "semantic"):
         super().__init__()
         base.requires_grad_(False)
+        self.base_name = base_name  # what the base is: "semantic" (the expert) or "transformer_2" (Wan2.2's own)
         self.timestep_layers = tuple(timestep_layers)
         self.lora = {"r": lora_rank, "lora_alpha": lora_alpha, "target_modules": list(lora_targets)}
         base.add_adapter(LoraConfig(**self.lora, init_lora_weights=True), adapter_name=ADAPTER)
@@ -166,13 +167,19 @@ class ParameterEfficientExpert(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         with atomic_path(directory / "detail.safetensors") as tmp:
             save_file(self.detail_state_dict(full), str(tmp))
-        config = {"kind": "pe", "timestep_layers": list(self.timestep_layers), **self.lora}
+        config = {"kind": "pe", "base": self.base_name, "timestep_layers": list(self.timestep_layers), **self.lora}
         atomic_write_text(directory / "detail.json", json.dumps(config, indent=2) + "\n")
+
+    @staticmethod
+    def base_of(directory: Path) -> str:
+        """What the expert saved in ``directory`` sits on: "semantic" or "transformer_2"."""
+        return json.loads((directory / "detail.json").read_text()).get("base", "semantic")
 
     @classmethod
     def load(cls, base: nn.Module, directory: Path) -> ParameterEfficientExpert:
         config = json.loads((directory / "detail.json").read_text())
-        expert = cls(base, config["timestep_layers"], config["r"], config["lora_alpha"], config["target_modules"])
+        expert = cls(base, config["timestep_layers"], config["r"], config["lora_alpha"], config["target_modules"],
+                     config.get("base", "semantic"))
         expert.load_detail_state_dict(load_file(str(directory / "detail.safetensors")))
         return expert
 

@@ -47,7 +47,7 @@ from dcm.io import atomic_write_text, write_json
 from dcm.layout import DETAIL_CONFIG, DETAIL_WEIGHTS, STUDENT_MODEL, Layout
 from dcm.models import BACKBONES, META, WanBackbone, backbone_class, load_backbone
 from dcm.sampling import SamplingError, schedule, stock_sigmas
-from dcm.students import StudentError, StudentRecord, check_record, load_full_model
+from dcm.students import StudentError, StudentRecord, check_record, detail_base, load_full_model
 
 #: added to the boundary sigma for ``boundary_ratio``: dcm runs the detail expert at sigmas <= the
 #: boundary's, WanPipeline runs ``transformer_2`` at timesteps strictly below ``1000 * boundary_ratio``,
@@ -62,13 +62,14 @@ class ExportError(DcmError, ValueError):
     """An export that cannot be made from these params and artifacts."""
 
 
-def merge_detail_expert(semantic: nn.Module, detail_dir: Path) -> nn.Module:
-    """The PE detail expert as one plain transformer of the semantic expert's class (LoRA merged into
-    the weights, copied timestep layers written in), so a stock pipeline can hold it."""
-    expert = ParameterEfficientExpert.load(copy.deepcopy(semantic), detail_dir)
+def merge_detail_expert(base: nn.Module, detail_dir: Path) -> nn.Module:
+    """The PE detail expert as one plain transformer of its base's class (LoRA merged into the
+    weights, copied timestep layers written in), so a stock pipeline can hold it; ``base``: the
+    semantic expert, or a two-expert teacher's ``transformer_2``, as the expert was trained on."""
+    expert = ParameterEfficientExpert.load(copy.deepcopy(base), detail_dir)
     with expert.fused() as model:  # leaving the block swaps the base weights back, hence the clones
         state = {k.replace(".base_layer", ""): v.clone() for k, v in model.state_dict().items() if "lora_" not in k}
-    merged = copy.deepcopy(semantic)
+    merged = copy.deepcopy(base)
     merged.load_state_dict(state)  # strict: every weight of the plain transformer is written
     return merged
 
@@ -172,7 +173,9 @@ def export_wan_pipeline(params: Params, layout: Layout = Layout(), out_dir: Path
 
     backbone = load_backbone(teacher_dir)
     semantic = load_full_model(layout.student("semantic"), backbone, "semantic")
-    detail = (merge_detail_expert(semantic, layout.student("detail")) if kind == "pe"
+    detail_dir = layout.student("detail")
+    detail = (merge_detail_expert(detail_base(backbone, layout, semantic, ParameterEfficientExpert.base_of(detail_dir)),
+                                  detail_dir) if kind == "pe"
               else load_full_model(layout.student("detail"), backbone, "detail") if kind == "full" else None)
     n, b, shift = params.flow.steps, params.boundary, params.flow.shift
     grid = flow.sigma_grid(n, shift)
@@ -276,6 +279,7 @@ def export_detail_lora(params: Params, layout: Layout = Layout(), out_dir: Path 
     metadata = {"r": config["r"], "lora_alpha": config["lora_alpha"], "target_modules": config["target_modules"]}
     pipeline = adapter.pipeline_class
     info = {"format": f"{pipeline} LoRA", "backbone": params.model.backbone, "lora": metadata,
+            "base": config.get("base", "semantic"),
             "copied_layers": config["timestep_layers"], "boundary": params.boundary, "flow_steps": params.flow.steps,
             "boundary_sigma": float(flow.sigma_grid(params.flow.steps, params.flow.shift)[params.boundary])
             if adapter.flow_matching else None,
@@ -291,6 +295,8 @@ def export_detail_lora(params: Params, layout: Layout = Layout(), out_dir: Path 
 
 
 def _lora_readme(out_dir: Path, semantic: Path, params: Params, info: dict) -> str:
+    if info["base"] == "transformer_2":
+        return _transformer_2_lora_readme(out_dir, semantic, params, info)
     adapter, b, n = backbone_class(params.model.backbone), params.boundary, params.flow.steps
     pipeline, model = adapter.pipeline_class, adapter.transformer_class
     where = (f"at and below flow sigma {info['boundary_sigma']:.7f} (timestep {1000 * info['boundary_sigma']:.3f})"
@@ -324,4 +330,29 @@ the semantic expert's). Stock pipelines do not switch experts by timestep:
   below the boundary, load `{COPIED_FILE}` and call `pipe.enable_lora()` (e.g. in `callback_on_step_end`).
   HunyuanVideo's experts were trained with the embedded guidance
   `model.embedded_guidance_scale` = {params.model.embedded_guidance_scale}: pass it as the pipeline's `guidance_scale`.
+"""
+
+
+def _transformer_2_lora_readme(out_dir: Path, semantic: Path, params: Params, info: dict) -> str:
+    """A two-expert teacher's detail expert: the LoRA and copied layers sit on its own ``transformer_2``."""
+    ratio = info["boundary_sigma"] + BOUNDARY_EPSILON
+    return f"""# DCM detail expert as a diffusers LoRA on Wan2.2's `transformer_2`
+
+The detail expert = the teacher's own low-noise **`transformer_2`** + this LoRA (r={info['lora']['r']},
+alpha={info['lora']['lora_alpha']}, on {', '.join(info['lora']['target_modules'])}) + the copied timestep
+layers ({', '.join(info['copied_layers'])}) in `{COPIED_FILE}`, keyed by their paths in the transformer.
+The semantic expert (`{semantic}`) replaces `transformer`; `boundary_ratio` moves to the students'
+boundary, grid index {info['boundary']} of {info['flow_steps']} (sigma {info['boundary_sigma']:.7f}).
+
+```python
+from diffusers import WanPipeline, WanTransformer3DModel
+from safetensors.torch import load_file
+pipe = WanPipeline.from_pretrained("{params.model.path}", boundary_ratio={ratio:.7f},
+                                   transformer=WanTransformer3DModel.from_pretrained("{semantic}"))
+pipe.load_lora_weights("{out_dir}", adapter_name="detail", load_into_transformer_2=True)
+assert not pipe.transformer_2.load_state_dict(load_file("{out_dir}/{COPIED_FILE}"), strict=False).unexpected_keys
+video = pipe("a cat surfing a wave", num_inference_steps=4, guidance_scale=1.0).frames[0]
+```
+
+`dcm export --format pipeline` writes the same students with the LoRA merged, as one directory.
 """

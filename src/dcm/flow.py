@@ -50,6 +50,15 @@ def timestep(sigma: torch.Tensor) -> torch.Tensor:
     return sigma * TIMESTEP_SCALE
 
 
+def last_index_below(sigmas: torch.Tensor, t: float) -> int:
+    """The highest grid index whose timestep is strictly below ``t`` (0 when none is). For a teacher
+    that switches transformers at ``t`` this is the boundary at which every step of the detail phase
+    ``[boundary, 0]`` is taken by its low-noise transformer and every step of the semantic phase by
+    its high-noise one."""
+    below = (timestep(sigmas.double()) < t).nonzero()
+    return int(below.max()) if len(below) else 0
+
+
 def sample_training_sigmas(
     batch: int, shift: float, *, logit_normal: bool, mean: float, std: float, generator: torch.Generator
 ) -> torch.Tensor:

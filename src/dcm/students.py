@@ -17,6 +17,7 @@ trained with, and the error names the key that differs and the stage to rerun.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -147,10 +148,31 @@ def load_full_model(directory: Path, backbone: Backbone, stage: str) -> torch.nn
     return backbone.load_transformer(path)
 
 
+def detail_base_name(teacher: Backbone) -> str:
+    """What the PE detail expert sits on: the semantic expert (paper Sec. 3.3), or for a two-expert
+    teacher (Wan2.2-A14B) its own low-noise ``transformer_2``, which already knows the detail phase."""
+    return "semantic" if teacher.teacher_expert(low_noise=True) is teacher.teacher_expert() else "transformer_2"
+
+
+def detail_base(teacher: Backbone, layout: Layout, semantic: torch.nn.Module | None = None,
+                name: str | None = None) -> torch.nn.Module:
+    """A base for a PE detail expert (``name``: what it sits on, default :func:`detail_base_name`): the
+    trained semantic expert (``semantic`` if given, else loaded from ``layout``), or a copy of the
+    teacher's ``transformer_2`` (the expert adds its LoRA to its base)."""
+    name = name or detail_base_name(teacher)
+    if name == "transformer_2":
+        if detail_base_name(teacher) != "transformer_2":
+            raise StudentError("the PE detail expert sits on a two-expert teacher's transformer_2, and this teacher "
+                               "has one transformer: rerun `dvc repro detail`")
+        return copy.deepcopy(teacher.teacher_expert(low_noise=True))
+    return semantic if semantic is not None else load_full_model(layout.student("semantic"), teacher, "semantic")
+
+
 def load_student(stage: str, backbone: Backbone, params: Params, layout: Layout = Layout(),
                  semantic: torch.nn.Module | None = None) -> tuple[StudentRecord, torch.nn.Module | None]:
-    """The checked record of ``stage`` and its model: a transformer, a PE expert on ``semantic``
-    (loaded from ``layout`` when not given), or ``None`` when the stage trained nothing."""
+    """The checked record of ``stage`` and its model: a transformer, a PE expert on its base
+    (:func:`detail_base`; ``semantic``: the semantic expert when already loaded), or ``None`` when the
+    stage trained nothing."""
     directory = layout.student(stage)
     record = StudentRecord.read(directory, stage)
     check_record(record, params, layout)
@@ -161,8 +183,10 @@ def load_student(stage: str, backbone: Backbone, params: Params, layout: Layout 
             if not (directory / name).exists():
                 raise StudentError(f"the PE detail expert's {name} is missing: expected {directory / name} "
                                    f"(rerun `dvc repro {stage}`)")
-        base = semantic if semantic is not None else load_student("semantic", backbone, params, layout)[1]
-        return record, ParameterEfficientExpert.load(base, directory)
+        name = ParameterEfficientExpert.base_of(directory)
+        if name == "semantic" and semantic is None:
+            semantic = load_student("semantic", backbone, params, layout)[1]
+        return record, ParameterEfficientExpert.load(detail_base(backbone, layout, semantic, name), directory)
     return record, load_full_model(directory, backbone, stage)
 
 

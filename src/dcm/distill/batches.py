@@ -38,6 +38,7 @@ class TrajectorySource:
 
     def __init__(self, data: Trajectories):
         self.data, self.sigmas, self.guidance_scale = data, data.sigmas, data.spec.guidance_scale
+        self.guidance_scale_2 = data.spec.guidance_scale_2  # a two-expert teacher's, below its switch
         self.prompt_embeds, self.videos = data.prompt_embeds, len(data.latents)
         self.stored = data.stored_mask  # grid indices whose latent is on disk
         self.drawable = self.stored  # grid indices a training point can be drawn at
@@ -54,8 +55,10 @@ class DataSource:
 
     name = "data"
 
-    def __init__(self, data: VideoLatents, sigmas: torch.Tensor, guidance_scale: float, caption_dropout: float):
+    def __init__(self, data: VideoLatents, sigmas: torch.Tensor, guidance_scale: float, caption_dropout: float,
+                 guidance_scale_2: float | None = None):
         self.data, self.sigmas, self.guidance_scale = data, sigmas, guidance_scale
+        self.guidance_scale_2 = guidance_scale_2  # a two-expert teacher's, below its switch
         self.prompt_embeds, self.videos = data.prompt_embeds, len(data.latents)
         self.caption_dropout = caption_dropout
         self.stored = torch.zeros(len(sigmas), dtype=torch.bool)  # nothing on the teacher's trajectory is stored
@@ -97,7 +100,8 @@ def load_source(params: Params, layout: Layout, teacher: Backbone) -> Source:
     if d.source == "data":
         data = video_dataset.load(layout.source("data"), video_dataset.spec_from_params(params, teacher))
         sigmas = teacher.sigma_grid(params.flow.steps, params.flow.shift)
-        return DataSource(data, sigmas, params.trajectories.guidance_scale, d.caption_dropout)
+        return DataSource(data, sigmas, params.trajectories.guidance_scale, d.caption_dropout,
+                          params.trajectories.guidance_scale_2)
     spec = trajectories.TrajectorySpec.from_params(params, trajectories.latent_shape(params, teacher))
     return TrajectorySource(trajectories.load(layout.source("trajectories"), spec))
 
@@ -126,6 +130,7 @@ def previous_point(source: Source, batch: Batch, teacher: Backbone, empty: torch
         with torch.no_grad():
             x, s = batch.x_i[idx.to(out.device)], source.sigmas[batch.i[idx]].to(out.device)
             velocity = teacher.guided_velocity(teacher.transformer, batch.text[idx.to(out.device)],
-                                               empty.expand(len(idx), -1, -1), source.guidance_scale)
+                                               empty.expand(len(idx), -1, -1), source.guidance_scale,
+                                               source.guidance_scale_2)
             out[idx.to(out.device)] = flow.euler_step(x, velocity(x, s), s, source.sigmas[prev[idx]].to(out.device))
     return out

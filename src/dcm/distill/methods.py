@@ -178,13 +178,15 @@ class DetailExpert(Method):
         self.layout, self.detail_sigmas = layout, sigmas[1:params.boundary + 1]
         self.semantic: nn.Module | None = None  # for validation, loaded at the first check
         self.disc: nn.Module | None = None
+        # the teacher whose features the GAN and FM terms read: a two-expert teacher's low-noise transformer_2
+        self.feature_model = teacher.teacher_expert(low_noise=True)
         if plan.gf:
             d = params.detail
-            self.taps = FeatureTaps(teacher.feature_blocks(), d.feature_stride)
+            self.taps = FeatureTaps(teacher.feature_blocks(self.feature_model), d.feature_stride)
             self.disc = Discriminator(teacher.feature_dim(), len(self.taps.indices), d.head_width, d.head_frames)
             self.d_optimizer = torch.optim.AdamW(self.disc.parameters(), lr=d.d_lr, betas=(0.0, 0.999))
             if params.distill.gradient_checkpointing:  # the GAN and feature losses backpropagate through the teacher
-                teacher.enable_gradient_checkpointing(teacher.transformer)
+                teacher.enable_gradient_checkpointing(self.feature_model)
 
     def prepare(self, accelerator: Accelerator, student: nn.Module, sharded: bool) -> None:
         self.accelerator, self.student = accelerator, student
@@ -207,9 +209,9 @@ class DetailExpert(Method):
         grid = teacher.token_grid(pred.shape)
         self.accelerator.unwrap_model(self.disc).requires_grad_(False)
         with self.taps.capture() as fake_features:
-            v_fake = teacher.velocity(teacher.transformer, flow.add_noise(pred, noise, sigma_a), sigma_a, text)
+            v_fake = teacher.velocity(self.feature_model, flow.add_noise(pred, noise, sigma_a), sigma_a, text)
         with torch.no_grad(), self.taps.capture() as real_features:
-            v_real = teacher.velocity(teacher.transformer, flow.add_noise(target, noise, sigma_a), sigma_a, text)
+            v_real = teacher.velocity(self.feature_model, flow.add_noise(target, noise, sigma_a), sigma_a, text)
         fake_features, real_features = list(fake_features), list(real_features)
         terms["loss_g"] = g_hinge(self.disc(fake_features, grid))
         terms["loss_fm"] = F.mse_loss(v_fake.float(), v_real.float())
@@ -274,7 +276,8 @@ class DetailExpert(Method):
     def validation_models(self, student: nn.Module) -> ValidationModels:
         n, k = self.params.flow.steps, self.params.boundary
         if self.semantic is None:
-            self.semantic = (student.base if isinstance(student, ParameterEfficientExpert)
+            on_semantic = isinstance(student, ParameterEfficientExpert) and student.base_name == "semantic"
+            self.semantic = (student.base if on_semantic
                              else load_full_model(self.layout.student("semantic"), self.teacher, "semantic"))
         return [(self.semantic, uniform_indices(n, k, 2), 1.0), (student, uniform_indices(k, 0, 2), 1.0)]
 

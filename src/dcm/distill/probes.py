@@ -106,7 +106,8 @@ class ValidationCurve:
             x = self.teacher.initial_latents(self.validation.noise[start:start + self.batch_size].to(device),
                                              float(self.sigmas[-1]))
             for model, indices, guidance in self.method.validation_models(student):
-                velocity = self.teacher.guided_velocity(model, text, empty, guidance)
+                velocity = self.teacher.guided_velocity(model, text, empty, guidance,  # students: guidance 1
+                                                        self.params.trajectories.guidance_scale_2)
                 for a, b in zip(indices[:-1], indices[1:], strict=True):
                     x = flow.euler_step(x, velocity(x, self.sigmas[a]), self.sigmas[a], self.sigmas[b])
             out.append(x)

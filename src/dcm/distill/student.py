@@ -10,24 +10,29 @@ from accelerate import Accelerator
 from torch import nn
 
 from dcm.config import Params
+from dcm.distill.methods import StudentPlan
 from dcm.experts import ParameterEfficientExpert, count_parameters
 from dcm.layout import Layout
 from dcm.models.base import Backbone
-from dcm.students import load_full_model
+from dcm.students import detail_base, detail_base_name
 
 
-def build_student(pe: bool, params: Params, teacher: Backbone, layout: Layout) -> tuple[nn.Module,
-                                                                                      list[nn.Parameter]]:
-    """The trainable module and its trainable parameters: a copy of the teacher, or (PE) a LoRA and
-    copied timestep layers on the frozen semantic expert (paper Sec. 3.3)."""
-    if pe:
-        base = load_full_model(layout.student("semantic"), teacher, "semantic")
+def build_student(plan: StudentPlan, params: Params, teacher: Backbone, layout: Layout) -> tuple[nn.Module,
+                                                                                                list[nn.Parameter]]:
+    """The trainable module and its trainable parameters: a copy of the teacher transformer of the
+    student's phase (:meth:`Backbone.teacher_expert`), or (PE) a LoRA and copied timestep layers on a
+    frozen base (paper Sec. 3.3): the semantic expert, or a two-expert teacher's own low-noise
+    ``transformer_2``."""
+    low_noise = plan.role == "detail"
+    if plan.pe:
+        base = detail_base(teacher, layout)
         if params.distill.gradient_checkpointing:
             teacher.enable_gradient_checkpointing(base)
         d = params.detail
-        student = ParameterEfficientExpert(base, teacher.timestep_layers, d.lora_rank, d.lora_alpha, d.lora_targets)
+        student = ParameterEfficientExpert(base, teacher.timestep_layers, d.lora_rank, d.lora_alpha, d.lora_targets,
+                                           base_name=detail_base_name(teacher))
         return student, student.trainable_parameters()
-    student = copy.deepcopy(teacher.transformer).requires_grad_(True)
+    student = copy.deepcopy(teacher.teacher_expert(low_noise)).requires_grad_(True)
     if params.distill.gradient_checkpointing:
         teacher.enable_gradient_checkpointing(student)
     return student, list(student.parameters())

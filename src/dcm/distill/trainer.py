@@ -21,6 +21,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 
+from dcm import flow
 from dcm.config import Params, fingerprint
 from dcm.distill import objective
 from dcm.distill.batches import Batch, load_source, previous_point, step_generator
@@ -32,7 +33,8 @@ from dcm.experts import count_parameters
 from dcm.io import keep_copy, load_checkpoint, save_checkpoint
 from dcm.layout import CHECKPOINT, HEALTHY_CHECKPOINT, STUDENT_MODEL, Layout
 from dcm.models import load_backbone
-from dcm.students import StudentRecord, check_record, learned_values, save_full_model, source_fingerprint
+from dcm.students import (StudentRecord, check_record, detail_base_name, learned_values, save_full_model,
+                          source_fingerprint)
 from dcm.tracking import log_metrics
 
 log = logging.getLogger(__name__)
@@ -42,21 +44,35 @@ def check_inputs(params: Params, stage: str, layout: Layout = Layout()) -> None:
     """Fail before anything is written when the stage's inputs are missing or were made with other
     params: the teacher, the training source (its manifest's spec), the semantic expert under PE."""
     from dcm.data import trajectories, video_dataset
-    from dcm.models import check_one_transformer
+    from dcm.models import check_teacher_dir, teacher_expert_boundary
 
     plan = StudentPlan.for_stage(stage, params)
     if plan is None:
         return
-    check_one_transformer(layout.teacher_model)  # checks the teacher directory too
+    check_teacher_dir(layout.teacher_model)
     source = params.distill.source
     {"trajectories": trajectories, "data": video_dataset}[source].check_manifest(layout.source(source), params)
-    if plan.pe:
+    switch = teacher_expert_boundary(layout.teacher_model)
+    if switch is not None:
+        warn_off_teacher_switch(params, switch)
+    if plan.pe and switch is None:  # on a two-expert teacher the PE detail expert sits on its transformer_2
         record = StudentRecord.read(layout.student("semantic"), "semantic")
         check_record(record, params, layout)
     if params.distill.validate_every:
         from dcm.data.validation_set import check_exists
 
         check_exists(layout.validation_set)
+
+
+def warn_off_teacher_switch(params: Params, switch: float) -> None:
+    """Say what a ``boundary`` other than a two-expert teacher's own switch means (allowed)."""
+    sigmas = flow.sigma_grid(params.flow.steps, params.flow.shift)
+    own = flow.last_index_below(sigmas, switch)
+    if params.boundary != own:
+        side = "semantic expert (from transformer)" if params.boundary < own else "detail expert (from transformer_2)"
+        log.warning("boundary = %d, the teacher switches transformers at t = %g, grid index %d (boundary = %d puts "
+                    "every step of each expert's phase on the transformer it starts from): the %s also learns "
+                    "steps the teacher takes with its other transformer", params.boundary, switch, own, own, side)
 
 
 def distill(params: Params, stage: str, layout: Layout = Layout()) -> dict:
@@ -95,14 +111,14 @@ class DistillRun:
         self.sigmas = self.data.sigmas.to(device)
         self.empty = self.teacher.encode_prompts([""]).to(device)
         self.inputs = {d.source: source_fingerprint(layout, d.source)}
-        if plan.pe:
+        if plan.pe and detail_base_name(self.teacher) == "semantic":
             self.inputs["semantic"] = StudentRecord.read(layout.student("semantic"), "semantic").fingerprint
         self.fingerprint = fingerprint({"params": learned_values(params, stage), "inputs": self.inputs})
         # Random initialisation (LoRA, discriminator) from a generator fixed by the params alone: the
         # global one's state here depends on what the libraries loaded so far happened to draw.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(zlib.crc32(f"{d.seed}/{plan.role}/init".encode()))
-            self.student = Student(*build_student(plan.pe, params, self.teacher, layout), params, plan.lr)
+            self.student = Student(*build_student(plan, params, self.teacher, layout), params, plan.lr)
             self.method = method_for(plan, params, self.teacher, layout, self.sigmas)
         self.points, self.ends = trainable_points(self.method.phases, self.data.drawable)
         validation_set = None
@@ -250,7 +266,7 @@ class DistillRun:
         seconds = self.train_seconds()
         summary = {"steps": plan.steps, "tc": plan.tc, "gf": plan.gf,
                    "trainable_parameters": self.student.trainable_count,
-                   "teacher_parameters": count_parameters(self.teacher.transformer.parameters()),
+                   "teacher_parameters": count_parameters(self.teacher.teacher_expert(plan.role == "detail").parameters()),
                    "seconds_per_step": None if seconds is None else seconds / plan.steps}
         full = acc.get_state_dict(self.student.model)
         if acc.is_main_process:

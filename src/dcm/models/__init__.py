@@ -78,16 +78,6 @@ def check_guidance_scale_2(path: str | Path, key: str, value: float | None) -> N
                                    f"the teacher in {path} has one transformer: set {key} to null")
 
 
-def check_one_transformer(path: str | Path) -> None:
-    """Refuse to distil a two-expert teacher: the students would start from, and be guided by, the
-    switching pair as if it were one transformer."""
-    boundary = teacher_expert_boundary(path)
-    if boundary is not None:
-        raise TeacherMismatchError(f"distilling a two-expert teacher is not supported yet: the teacher in {path} "
-                                   f"switches from transformer to transformer_2 at t = {boundary:g}; its trajectories, "
-                                   "validation set, samples, teacher_eval and `dcm boundary` work")
-
-
 def write_backbone_link(directory: str | Path, kind: str, source: str | Path, **options) -> None:
     """Point a teacher directory at a local diffusers checkpoint (real backbones are not copied)."""
     from dcm.io import write_json
@@ -99,5 +89,5 @@ def write_backbone_link(directory: str | Path, kind: str, source: str | Path, **
 
 __all__ = ["BACKBONES", "Backbone", "BackboneError", "CogVideoXBackbone", "HunyuanVideoBackbone", "TeacherMismatchError",
            "TinyBackbone", "TwoExpertTransformer", "WanBackbone", "backbone_class", "build_tiny_backbone",
-           "check_guidance_scale_2", "check_model_dir", "check_one_transformer", "check_teacher_dir", "load_backbone",
+           "check_guidance_scale_2", "check_model_dir", "check_teacher_dir", "load_backbone",
            "teacher_expert_boundary", "write_backbone_link"]

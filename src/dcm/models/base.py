@@ -168,6 +168,13 @@ class Backbone(ABC):
         a model with one transformer has none (the params refuse one)."""
         return guided(lambda x, s, c: self.velocity(transformer, x, s, c), cond, uncond, guidance_scale)
 
+    def teacher_expert(self, low_noise: bool = False) -> nn.Module:
+        """The teacher transformer a student of one phase starts from: the teacher's only one, or of a
+        two-expert teacher (Wan2.2-A14B) ``transformer_2`` for the low-noise detail expert and
+        ``transformer`` for every other student."""
+        experts = getattr(self.transformer, "experts", None)  # a two-expert teacher: (high-noise, low-noise)
+        return self.transformer if experts is None else experts[low_noise]
+
     # ---- what the detail expert and the discriminator need ------------------------------------
     def forward_passes(self, steps: int, guidance_scale: float) -> int:
         """Transformer calls (per video) of ``steps`` sampling steps: CFG runs two branches per step
@@ -176,7 +183,7 @@ class Backbone(ABC):
 
     def feature_blocks(self, transformer: nn.Module | None = None) -> list[nn.Module]:
         """The transformer blocks whose outputs the discriminator reads, in order."""
-        transformer = transformer or self.transformer
+        transformer = transformer or self.teacher_expert()
         return [block for name in self.block_lists for block in getattr(transformer, name)]
 
     def fsdp_blocks(self) -> tuple[str, ...]:
@@ -184,7 +191,7 @@ class Backbone(ABC):
         ``_no_split_modules`` (diffusers') that its block lists hold, so not the patch embedding or text
         refiner it also names, nor a class this configuration does not build (accelerate rejects those)."""
         blocks = {type(block).__name__ for block in self.feature_blocks()}
-        return tuple(name for name in type(self.transformer)._no_split_modules if name in blocks)
+        return tuple(name for name in type(self.teacher_expert())._no_split_modules if name in blocks)
 
     def feature_dim(self) -> int:
         cfg = self.transformer.config
@@ -202,7 +209,7 @@ class Backbone(ABC):
     # ---- persistence --------------------------------------------------------------------------
     def load_transformer(self, path: str | Path) -> nn.Module:
         """A transformer of this backbone's class from a ``save_pretrained`` directory (a student)."""
-        return type(self.transformer).from_pretrained(path)
+        return type(self.teacher_expert()).from_pretrained(path)
 
     def save_pretrained(self, path: str | Path, transformer: nn.Module | None = None) -> None:
         """Write every part in the diffusers layout (``transformer`` replaces the teacher's, e.g. a student)."""

@@ -80,6 +80,11 @@ class TwoExpertTransformer(nn.Module):
         """The high-noise expert's config (Wan2.2-A14B's two share one architecture)."""
         return self.transformer.config
 
+    @property
+    def experts(self) -> tuple[nn.Module, nn.Module]:
+        """(high-noise, low-noise): the experts the students of each phase start from."""
+        return self.transformer, self.transformer_2
+
     def high_noise(self, timestep: torch.Tensor) -> torch.Tensor:
         """True where ``transformer`` runs."""
         return torch.as_tensor(timestep) >= self.boundary_timestep
