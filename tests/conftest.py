@@ -101,3 +101,48 @@ def workspace(tmp_path, monkeypatch, micro_teacher):
     mlflow.set_tracking_uri(uri)  # an earlier test's stage run set this process's URI to its own store
     shutil.copytree(micro_teacher, tmp_path / "artifacts/teacher/model")
     return tmp_path
+
+
+def poison_loss_at(monkeypatch, call: int):
+    """Make the ``call``-th consistency loss of the next distillation NaN (the stage then stops after its
+    last checkpoint); returns the function that puts the real loss back."""
+    from dcm.distill import objective
+
+    real, calls = objective.pseudo_huber, {"n": 0}
+
+    def poisoned(pred, target, c):
+        calls["n"] += 1
+        return real(pred, target, c) * (float("nan") if calls["n"] == call else 1.0)
+
+    monkeypatch.setattr(objective, "pseudo_huber", poisoned)
+    return lambda: monkeypatch.setattr(objective, "pseudo_huber", real)
+
+
+def tiny_wan_params(checkpoint, kind: str, prompt_file, overrides: dict):
+    """Stage params for a tiny random Wan-family ``checkpoint`` (``kind``: its entry in ``VIDEO_SHAPES``) on
+    MICRO_DISTILL's budgets, ``prompt_file`` for trajectories and sampling, then ``overrides``."""
+    from tiny_checkpoints import VIDEO_SHAPES
+
+    from dcm.config import parse_params
+
+    frames, height, width = VIDEO_SHAPES[kind]
+    base = parse_params({
+        **MICRO_DISTILL,
+        "model": {"backbone": "wan", "path": str(checkpoint), "frames": frames, "height": height, "width": width},
+        "semantic": {**MICRO_DISTILL["semantic"], "tc_lag": 1},  # two latent frames
+        "trajectories": {**MICRO_DISTILL["trajectories"], "prompt_file": str(prompt_file), "dtype": "float32"},
+        "sample": {"videos": 2, "videos_per_prompt": 1, "batch_size": 2, "prompt_file": str(prompt_file),
+                   "latency_batch": 1, "latency_repeats": 1},
+    })
+    return base.with_overrides(overrides)
+
+
+@pytest.fixture
+def prompts_workspace(tmp_path, monkeypatch) -> Path:
+    """A working directory with its own MLflow store and a two-prompt file (returned), for stages on a
+    tiny random real-backbone checkpoint."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle moving left\na blue square moving up\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return prompts

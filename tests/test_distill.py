@@ -26,7 +26,7 @@ from dcm.stages.distill import run_distill
 from dcm.stages.trajectories import run_trajectories
 from dcm.stages.validation import run_validation
 
-from conftest import with_overrides
+from conftest import poison_loss_at, with_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 ART = Path("artifacts")
@@ -175,23 +175,15 @@ def test_a_stopped_detail_stage_resumes_its_discriminator_and_ema_target_exactly
     """What the detail expert trains beside the student (the discriminator and its optimizer) and the EMA
     target come back from the checkpoint: a run stopped after its step-2 checkpoint and rerun ends with
     the weights of an uninterrupted run."""
-    from dcm.distill import objective
-
     params = with_overrides(micro_distill, {"distill": {"target": "ema"}, "detail": {"steps": 4}})
     prepare(params)
     run_distill(params, "semantic")
     run_distill(params, "detail")
     (ART / "detail").rename(ART / "straight")
-    real, calls = objective.pseudo_huber, {"n": 0}
-
-    def poisoned(pred, target, c):  # the third step's loss is NaN: the stage stops after its step-2 checkpoint
-        calls["n"] += 1
-        return real(pred, target, c) * (float("nan") if calls["n"] == 3 else 1.0)
-
-    monkeypatch.setattr(objective, "pseudo_huber", poisoned)
+    restore = poison_loss_at(monkeypatch, 3)  # the third step's loss: the stage stops after its step-2 checkpoint
     with pytest.raises(CollapseError, match="step 2: non-finite loss"):
         run_distill(params, "detail")
-    monkeypatch.setattr(objective, "pseudo_huber", real)
+    restore()
     with caplog.at_level(logging.INFO, logger="dcm.distill.trainer"):
         run_distill(params, "detail")
     assert "resuming from artifacts/detail/checkpoint.safetensors at step 2" in caplog.text
@@ -202,18 +194,9 @@ def test_a_stopped_detail_stage_resumes_its_discriminator_and_ema_target_exactly
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(workspace, micro_distill, monkeypatch):
-    from dcm.distill import objective
-
     prepare(micro_distill)
     params = with_overrides(micro_distill, {"semantic": {"steps": 6}})
-    real = objective.pseudo_huber
-    calls = {"n": 0}
-
-    def poisoned(pred, target, c):
-        calls["n"] += 1
-        return real(pred, target, c) * (float("nan") if calls["n"] == 4 else 1.0)
-
-    monkeypatch.setattr(objective, "pseudo_huber", poisoned)
+    poison_loss_at(monkeypatch, 4)
     with pytest.raises(CollapseError, match="step 3: non-finite loss"):
         run_distill(params, "semantic")
     ckpt = load_checkpoint(ART / "semantic" / CHECKPOINT)

@@ -249,7 +249,7 @@ def test_bad_input_fails_before_any_loading_with_an_error_naming_what_is_missing
         empty = Layout(tmp_path / "no-teacher")
         export_wan_pipeline(params, empty, out)
     single = params.with_overrides({"ablation": {"od": False}})
-    with pytest.raises(ExportError, match="'none', not parameter-efficient.*no LoRA"):
+    with pytest.raises(ExportError, match="'none', not an adapter.*no LoRA"):
         export_detail_lora(single, _layout(tmp_path / "e", student, True, "none", params=single), out)
     assert not out.exists()
 

@@ -26,7 +26,7 @@ from dcm.world.grammar import word_list
 #: a 2x4x4 latent (3x4x4 for CogVideoX, whose VAE decodes an odd number of latent frames), which the
 #: 1x2x2 patches tile
 VIDEO_SHAPES: dict[str, tuple[int, int, int]] = {"wan": (5, 32, 32), "wan2.2": (5, 32, 32), "cogvideox": (9, 32, 32),
-                                                 "hunyuanvideo": (5, 32, 32)}
+                                                 "hunyuanvideo": (5, 32, 32), "wan2.2-ti2v": (5, 64, 64)}
 #: Wan2.2-T2V-A14B's switch: ``transformer`` at t >= 875, ``transformer_2`` below
 WAN22_BOUNDARY_RATIO = 0.875
 TEXT_DIM, LATENT_CHANNELS = 16, 4
@@ -57,9 +57,11 @@ def _t5_config(cls, vocab_size: int):
                dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
 
 
-def _wan(directory: Path, boundary_ratio: float | None = None, **transformer_config) -> None:
+def _wan(directory: Path, boundary_ratio: float | None = None, vae=None, expand_timesteps: bool = False,
+         **transformer_config) -> None:
     """Wan2.1's layout; with ``boundary_ratio``, Wan2.2-A14B's: a second transformer (other random weights)
-    in ``transformer_2`` that WanPipeline runs below the boundary."""
+    in ``transformer_2`` that WanPipeline runs below the boundary; ``vae`` and ``expand_timesteps``:
+    TI2V-5B's."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -73,12 +75,13 @@ def _wan(directory: Path, boundary_ratio: float | None = None, **transformer_con
     WanPipeline(
         tokenizer=tokenizer,
         text_encoder=UMT5EncoderModel(_t5_config(UMT5Config, len(tokenizer))),
-        vae=AutoencoderKLWan(base_dim=8, z_dim=LATENT_CHANNELS, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                             latents_mean=[0.1] * LATENT_CHANNELS, latents_std=[2.0] * LATENT_CHANNELS),
+        vae=vae or AutoencoderKLWan(base_dim=8, z_dim=LATENT_CHANNELS, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                    latents_mean=[0.1] * LATENT_CHANNELS, latents_std=[2.0] * LATENT_CHANNELS),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         transformer=transformer(),
         transformer_2=transformer() if boundary_ratio is not None else None,
         boundary_ratio=boundary_ratio,
+        expand_timesteps=expand_timesteps,
     ).save_pretrained(directory)
 
 
@@ -147,7 +150,24 @@ def _wan22(directory: Path, **transformer_config) -> None:
     _wan(directory, WAN22_BOUNDARY_RATIO, **transformer_config)
 
 
-BUILDERS = {"wan": _wan, "wan2.2": _wan22, "cogvideox": _cogvideox, "hunyuanvideo": _hunyuanvideo}
+#: Wan2.2's VAE as TI2V-5B ships it: 48 latent channels, 2x2 pixel patches (12 input channels), 16x spatial
+TI2V_LATENT_CHANNELS = 48
+
+
+def _wan22_ti2v(directory: Path, **transformer_config) -> None:
+    """Wan2.2-TI2V-5B's layout: the Wan2.2 VAE (residual, patchified, 16x spatial) and ``expand_timesteps``
+    (a timestep per token)."""
+    from diffusers import AutoencoderKLWan
+
+    c = TI2V_LATENT_CHANNELS
+    vae = AutoencoderKLWan(base_dim=8, decoder_base_dim=8, z_dim=c, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           is_residual=True, in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=16,
+                           temperal_downsample=[False, True, True], latents_mean=[0.1] * c, latents_std=[2.0] * c)
+    _wan(directory, vae=vae, expand_timesteps=True, **{"in_channels": c, "out_channels": c, **transformer_config})
+
+
+BUILDERS = {"wan": _wan, "wan2.2": _wan22, "wan2.2-ti2v": _wan22_ti2v, "cogvideox": _cogvideox,
+            "hunyuanvideo": _hunyuanvideo}
 
 
 def make_tiny_checkpoint(kind: str, directory: Path, seed: int = 0, **transformer_config) -> Path:

@@ -257,6 +257,11 @@ class DistillParams(_Section):
         "target then always one guided teacher Euler step from it (the release's recipe)")
     caption_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="source data: share of captions replaced by "
                                    "the empty prompt, for teacher and student alike (release: 0.1)")
+    lora_only: bool = Field(False, description="both DCM experts as LoRA adapters alone (no copied layers) on the "
+                            "frozen teacher transformer, which stays their teacher, so a 14B model is held once: "
+                            "the semantic expert on `transformer` (semantic.lora_*), the detail expert on "
+                            "`transformer_2` of a two-expert teacher, else on `transformer` (detail.lora_*); "
+                            "replaces ablation.pe. LCM and PCM stay full fine-tunes")
     collapse_variance_ratio: float = Field(0.2, ge=0.0, lt=1.0, description="collapse guard: stop when the "
                                            "student's per-frame variance falls below this share of the teacher's "
                                            "(solid colour); 0: off")
@@ -282,6 +287,10 @@ class SemanticParams(_Section):
     lr: float = Field(3e-5, gt=0.0, le=1.0, description="release: 1e-6 for 13B models")
     tc_lag: int = Field(3, ge=1, description="temporal coherence lag in latent frames")
     tc_weight: float = Field(1.0, ge=0.0)
+    lora_rank: int = Field(16, ge=1, description="with distill.lora_only: the semantic expert's LoRA rank")
+    lora_alpha: float = Field(32.0, gt=0.0, description="with distill.lora_only: the semantic expert's LoRA alpha")
+    lora_targets: tuple[str, ...] = Field(("to_q", "to_k", "to_v", "to_out.0"),
+                                          description="with distill.lora_only: the modules the semantic LoRA adapts")
 
 
 class DetailParams(_Section):
@@ -424,6 +433,9 @@ class Params(_Section):
                              f"{self.model.backbone!r} has one transformer (set it to null)")
         if self.pcm.phases > self.flow.steps:
             raise ValueError(f"pcm.phases = {self.pcm.phases} must be at most flow.steps = {self.flow.steps}")
+        if self.distill.lora_only and self.ablation.gf and self.detail.g_weighting == "adaptive":
+            raise ValueError("detail.g_weighting = 'adaptive' reads the gradients at the output projection, which a "
+                             "LoRA-only detail expert (distill.lora_only) does not train: use 'fixed'")
         return self
 
     def with_overrides(self, overrides: dict[str, Any]) -> Params:

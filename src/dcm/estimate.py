@@ -179,16 +179,16 @@ def model_facts(params: Params, model_name: str | None = None) -> ModelFacts:
         disc = Discriminator(backbone.feature_dim(), len(FeatureTaps(blocks, d.feature_stride).indices), d.head_width,
                              d.head_frames)
 
-    def pe_counts(base) -> tuple[int, int]:
-        """(LoRA, copied timestep layers) parameters of a PE expert on ``base``."""
+    def pe_counts(base, section=d, adapter: str = "detail") -> tuple[int, int]:
+        """(LoRA, copied timestep layers) parameters of a PE expert on ``base`` with ``section``'s LoRA."""
         with init_empty_weights():
-            expert = ParameterEfficientExpert(base, backbone.timestep_layers, d.lora_rank, d.lora_alpha,
-                                              d.lora_targets)
-        lora = sum(p.numel() for n, p in base.named_parameters() if "lora_" in n)
+            expert = ParameterEfficientExpert(base, backbone.timestep_layers, section.lora_rank, section.lora_alpha,
+                                              section.lora_targets, adapter=adapter)
+        lora = count_parameters(expert.lora_parameters())
         return lora, count_parameters(expert.trainable_parameters()) - lora
 
-    semantic_lora, copies = pe_counts(transformer)
-    lora = semantic_lora
+    lora, copies = pe_counts(transformer)
+    semantic_lora, _ = pe_counts(transformer, params.semantic, "semantic")
     directory = structure or (Path(m.path) if m.path else None)
     layout = _pipeline_layout(directory) if directory else {}
     second = _transformer_2(directory) if directory else None
@@ -396,14 +396,19 @@ def estimate(params: Params, processes: int | None = None, sharding: Sharding | 
         return f.video_tokens * f.width * 4.0 * ACT_VALUES * batch
 
     def training(name: str, what: str, trainable: int, frozen: int, teacher: int, units: float, steps: int,
-                 gf: bool) -> StageCost:
-        """``trainable`` (+ a ``frozen`` base) trained against the held ``teacher`` transformer."""
+                 gf: bool, on_teacher: bool = False) -> StageCost:
+        """``trainable`` (+ a ``frozen`` base) trained against the held ``teacher`` transformer; ``on_teacher``:
+        the base is the teacher's own module (an adapter expert on it, held once) except under FSDP, which
+        shards a copy."""
         b = d.batch_size
+        shared = on_teacher and sharding != "fsdp"
+        if shared:
+            frozen = 0
         mem = {"teacher": 4.0 * teacher, "weights": 4.0 * (trainable + frozen) / shard,
                "grads": 4.0 * trainable / shard, "AdamW": 8.0 * trainable / shard}
         if half:  # bf16 copies: autocast's weight cache (DDP) or two all-gathered blocks (FSDP)
             mem["bf16 copies"] = 2.0 * trainable if sharding == "ddp" else 2 * 2.0 * (trainable + frozen) / f.layers
-        if d.target == "ema":
+        if d.target == "ema":  # a shared base's EMA target is a second adapter on it
             mem["EMA"] = 4.0 * (trainable + frozen)
         mem["activations"] = activations(b, d.gradient_checkpointing)
         if gf:  # the teacher forward the GAN/FM losses backpropagate through is never checkpointed
@@ -440,18 +445,22 @@ def estimate(params: Params, processes: int | None = None, sharding: Sharding | 
                        "1x backward (input grads)" if pe else "OD: full fine-tune, forward + 2x backward")
             + (" + GAN/FM: 3 teacher passes" if a.gf else "") + f", {params.detail.steps} steps{detail_holds}",
             f.pe if pe else f.detail_base, f.detail_base if pe else 0, f.detail_base, 2.0 if pe else 3.0,
-            params.detail.steps, a.gf))
-    lora = f"LoRA only (rank {params.detail.lora_rank}, alpha {params.detail.lora_alpha:g}, " \
-           f"{'/'.join(params.detail.lora_targets)}, no copied layers)"
+            params.detail.steps, a.gf, on_teacher=pe and two))
+
+    def lora(section) -> str:
+        return (f"LoRA only (rank {section.lora_rank}, alpha {section.lora_alpha:g}, "
+                f"{'/'.join(section.lora_targets)}, no copied layers)")
+
     est.stages.append(training(
-        "semantic (LoRA-only)", f"{lora} on the frozen {'transformer' if two else 'teacher'}, also its teacher; "
-        f"forward + 1x backward (input grads) + target forward, {params.semantic.steps} steps", f.semantic_lora,
-        f.teacher, f.teacher, 2.0, params.semantic.steps, False))
+        "semantic (LoRA-only)", f"{lora(params.semantic)} on the frozen {'transformer' if two else 'teacher'}, also "
+        f"its teacher; forward + 1x backward (input grads) + target forward, {params.semantic.steps} steps",
+        f.semantic_lora, f.teacher, f.teacher, 2.0, params.semantic.steps, False, on_teacher=True))
     if a.od:
         est.stages.append(training(
-            "detail (LoRA-only)", f"{lora} on the frozen {'transformer_2' if two else 'teacher'}, also its teacher; "
-            "forward + 1x backward (input grads)" + (" + GAN/FM: 3 teacher passes" if a.gf else "")
-            + f", {params.detail.steps} steps", f.lora, f.detail_base, f.detail_base, 2.0, params.detail.steps, a.gf))
+            "detail (LoRA-only)", f"{lora(params.detail)} on the frozen {'transformer_2' if two else 'teacher'}, also "
+            "its teacher; forward + 1x backward (input grads)" + (" + GAN/FM: 3 teacher passes" if a.gf else "")
+            + f", {params.detail.steps} steps", f.lora, f.detail_base, f.detail_base, 2.0, params.detail.steps, a.gf,
+            on_teacher=True))
     for k in params.sample.steps if "dcm" in params.sample.methods else ():
         # the semantic expert + the detail expert: PE extras on it, or on transformer_2 of a two-expert teacher
         resident = 4.0 * (f.teacher + (f.pe + f.teacher_2 if a.pe else f.detail_base))
@@ -506,11 +515,11 @@ def estimate(params: Params, processes: int | None = None, sharding: Sharding | 
         "online step for points store_every skipped); data costs one VAE encode per video (not counted) and one "
         "online guided teacher step per sample of every semantic and detail step (the release's recipe); "
         "both are priced for the semantic and detail steps of these params, one call per sample",
-        "LoRA-only rows (both experts as LoRA adapters, for limited memory): trainable = the LoRA of detail.lora_rank,"
-        " lora_alpha and lora_targets on the frozen teacher transformer, no copied timestep layers; the frozen base "
-        "is counted as the PE detail expert's is, in the weights column (divided by the processes under FSDP, whole "
-        "under DDP) besides the replicated fp32 teacher (a trainer that used the base with its adapters off as the "
-        "teacher would save that column); a step costs a PE step's FLOPs (forward + input-gradient backward)",
+        "LoRA-only rows (distill.lora_only: both experts as LoRA adapters, for limited memory): trainable = the LoRA "
+        "of semantic.lora_* / detail.lora_* on the frozen teacher transformer, no copied timestep layers; the base is "
+        "the teacher's own module (its adapters off for the teacher's calls) and the EMA target a second adapter, "
+        "so no extra weights, except under FSDP, which shards a copy of the base (weights column); a step costs a "
+        "PE step's FLOPs (forward + input-gradient backward)",
     ]
     if f.two_experts:
         where = (f"at t >= {1000 * f.boundary_ratio:g} (sigma >= {f.boundary_ratio:g}, boundary_ratio of its "
@@ -518,8 +527,9 @@ def estimate(params: Params, processes: int | None = None, sharding: Sharding | 
         est.assumptions.append(
             f"two-expert teacher: transformer runs {where}, transformer_2 below; the semantic stage starts from "
             "transformer and holds it alone as its teacher, the detail stage starts from (PE, LoRA-only: is built "
-            "on) transformer_2 and holds it alone as its teacher; trajectories and teacher sampling hold both; "
-            "DCM's boundary is assumed at the teacher's, so each expert only meets its own transformer's timesteps")
+            "on) transformer_2 and holds it alone as its teacher (the PE expert's base is transformer_2 itself, held "
+            "once, a sharded copy under FSDP); trajectories and teacher sampling hold both; DCM's boundary is "
+            "assumed at the teacher's, so each expert only meets its own transformer's timesteps")
     if f.condition_channels:
         est.assumptions.append(
             f"image-to-video: the transformer takes {f.condition_channels} condition channels (the first-frame mask "

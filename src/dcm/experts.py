@@ -1,9 +1,12 @@
-"""The detail expert in its parameter-efficient form (PE, paper Sec. 3.3).
+"""Experts that are adapters on a frozen base: the parameter-efficient detail expert (PE, paper
+Sec. 3.3) and the LoRA-only experts (``distill.lora_only``).
 
-The semantic expert stays frozen and shared. The detail expert adds, on top of it, a PEFT LoRA
-on the attention projections and trainable copies of the timestep-dependent layers. Calling the
-expert switches those parts in for the duration of the call and back out afterwards, so one
-model in memory serves both experts and switching costs no reload.
+PE: the semantic expert stays frozen and shared; the detail expert adds, on top of it, a PEFT LoRA
+on the attention projections and trainable copies of the timestep-dependent layers. LoRA-only: each
+expert is a LoRA alone (no copied layers) on the frozen teacher transformer it starts from, which
+stays the teacher too, so a 14B model is held once. Calling an expert switches its parts in for the
+duration of the call and back out afterwards; several experts (each its own named PEFT adapter) can
+share one base, and switching costs no reload.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -21,21 +25,25 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dcm.io import atomic_path, atomic_write_text
+from dcm.layout import adapter_config, adapter_weights
 
 ADAPTER = "detail"
 
 
-def _set_lora(model: nn.Module, enabled: bool) -> None:
-    """Switch the LoRA layers on or off without touching ``requires_grad`` (PEFT's own
-    enable/disable toggles it, which would silently stop gradients reaching the LoRA)."""
+def _set_lora(model: nn.Module, adapter: str | None) -> None:
+    """Run the LoRA ``adapter`` of every LoRA layer (None: none) without touching ``requires_grad``
+    (PEFT's own enable/disable and set_adapter toggle it, which would silently stop gradients reaching
+    a LoRA)."""
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
-            module._disable_adapters = not enabled
+            module._disable_adapters = adapter is None
+            if adapter is not None:
+                module._active_adapter = [adapter]
 
 
-def _merged_weight(layer: BaseTunerLayer) -> nn.Parameter:
-    """The layer's base weight with its LoRA delta added."""
-    return nn.Parameter(layer.get_base_layer().weight + layer.get_delta_weight(ADAPTER), requires_grad=False)
+def _merged_weight(layer: BaseTunerLayer, adapter: str) -> nn.Parameter:
+    """The layer's base weight with the ``adapter``'s LoRA delta added."""
+    return nn.Parameter(layer.get_base_layer().weight + layer.get_delta_weight(adapter), requires_grad=False)
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -44,17 +52,31 @@ def _split(name: str) -> tuple[str, str]:
 
 
 class ParameterEfficientExpert(nn.Module):
-    """A detail expert made of a frozen base transformer, a LoRA and copied timestep layers."""
+    """An expert made of a frozen base transformer, a LoRA (the PEFT adapter ``adapter``) and copied
+    timestep layers (none for a LoRA-only expert)."""
 
     def __init__(self, base: nn.Module, timestep_layers: Sequence[str], lora_rank: int, lora_alpha: float,
-                 lora_targets: Sequence[str], base_name: str = "semantic"):
+                 lora_targets: Sequence[str], base_name: str = "semantic", adapter: str = ADAPTER):
         super().__init__()
-        base.requires_grad_(False)
-        self.base_name = base_name  # what the base is: "semantic" (the expert) or "transformer_2" (Wan2.2's own)
+        # the base frozen; other experts' LoRAs on a shared base keep their requires_grad, which PEFT's
+        # add_adapter resets (it freezes every adapter but the new one)
+        for name, p in base.named_parameters():
+            if "lora_" not in name:
+                p.requires_grad_(False)
+        flags = {id(p): p.requires_grad for p in base.parameters()}  # by identity: PEFT renames what it wraps
+        # what the base is: "semantic" (the expert), "transformer" or "transformer_2" (the teacher's own)
+        self.base_name, self.adapter = base_name, adapter
         self.timestep_layers = tuple(timestep_layers)
         self.lora = {"r": lora_rank, "lora_alpha": lora_alpha, "target_modules": list(lora_targets)}
-        base.add_adapter(LoraConfig(**self.lora, init_lora_weights=True), adapter_name=ADAPTER)
+        with warnings.catch_warnings():  # several adapters on one base are what this class is for
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            warnings.filterwarnings("ignore", message=f"Adapter {adapter} was active which is now deleted")
+            if adapter in (getattr(base, "peft_config", None) or {}):  # loaded before on this base: start afresh
+                base.delete_adapters(adapter)
+            base.add_adapter(LoraConfig(**self.lora, init_lora_weights=True), adapter_name=adapter)
         self.base = base
+        for p in base.parameters():
+            p.requires_grad_(flags.get(id(p), True))  # this expert's new LoRA trainable, the rest as it was
         self.copies = nn.ParameterDict()
         self.copy_modules = nn.ModuleDict()
         for name in self.timestep_layers:
@@ -64,7 +86,7 @@ class ParameterEfficientExpert(nn.Module):
                 self.copies[key] = nn.Parameter(original.detach().clone())
             else:
                 self.copy_modules[key] = copy.deepcopy(original).requires_grad_(True)
-        _set_lora(base, False)
+        _set_lora(base, None)
         self._merged: list[tuple[nn.Module, nn.Parameter]] | None = None  # see fused()
 
     def _get(self, name: str):
@@ -94,11 +116,11 @@ class ParameterEfficientExpert(nn.Module):
         originals = {name: self._get(name) for name in self.timestep_layers}
         for name in self.timestep_layers:
             self._set(name, self.copy_of(name))
-        _set_lora(self.base, True)
+        _set_lora(self.base, self.adapter)
         try:
             yield self.base
         finally:
-            _set_lora(self.base, False)
+            _set_lora(self.base, None)
             for name, original in originals.items():
                 self._set(name, original)
 
@@ -113,7 +135,7 @@ class ParameterEfficientExpert(nn.Module):
             self._set(name, self.copy_of(name))
         if self._merged is None:  # (base layer, merged weight) per LoRA layer, found and merged once
             with torch.no_grad():
-                self._merged = [(m.get_base_layer(), _merged_weight(m))
+                self._merged = [(m.get_base_layer(), _merged_weight(m, self.adapter))
                                 for m in self.base.modules() if isinstance(m, BaseTunerLayer)]
         layers = [layer for layer, _ in self._merged]
         base_weights = [layer.weight for layer in layers]
@@ -135,12 +157,25 @@ class ParameterEfficientExpert(nn.Module):
         with self.active() as model:
             return model(*args, **kwargs)
 
+    def lora_parameters(self) -> list[nn.Parameter]:
+        """This expert's LoRA (not the other adapters its base may hold)."""
+        return [p for n, p in self.base.named_parameters() if "lora_" in n and f".{self.adapter}." in n]
+
     def trainable_parameters(self) -> list[nn.Parameter]:
-        lora = [p for n, p in self.base.named_parameters() if "lora_" in n]
-        return lora + list(self.copies.parameters()) + list(self.copy_modules.parameters())
+        return self.lora_parameters() + list(self.copies.parameters()) + list(self.copy_modules.parameters())
+
+    def twin(self, adapter: str) -> ParameterEfficientExpert:
+        """A frozen copy of this expert as another adapter on the same base (the EMA target of a LoRA
+        expert whose base is the teacher: no second copy of the base)."""
+        twin = ParameterEfficientExpert(self.base, self.timestep_layers, self.lora["r"], self.lora["lora_alpha"],
+                                        self.lora["target_modules"], self.base_name, adapter)
+        twin.load_detail_state_dict(self.detail_state_dict())
+        for p in twin.trainable_parameters():
+            p.requires_grad_(False)
+        return twin
 
     def base_parameters(self) -> dict[str, torch.Tensor]:
-        """The frozen base's own weights (LoRA excluded), for checks and reports."""
+        """The frozen base's own weights (every LoRA excluded), for checks and reports."""
         return {n: p for n, p in self.base.named_parameters() if "lora_" not in n}
 
     def detail_state_dict(self, full: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -149,38 +184,40 @@ class ParameterEfficientExpert(nn.Module):
         full = self.state_dict() if full is None else full
         # PEFT's key format (adapter name dropped), picked from the keys themselves: PEFT's own
         # get_peft_model_state_dict matches module names, which FSDP's wrappers change.
-        state = {f"lora.{k[len('base.'):].replace(f'.{ADAPTER}.', '.')}": v for k, v in full.items()
-                 if k.startswith("base.") and ".lora_" in k and f".{ADAPTER}." in k}
+        state = {f"lora.{k[len('base.'):].replace(f'.{self.adapter}.', '.')}": v for k, v in full.items()
+                 if k.startswith("base.") and ".lora_" in k and f".{self.adapter}." in k}
         state.update({k: v for k, v in full.items() if k.startswith(("copies.", "copy_modules."))})
         return {k: v.detach().contiguous() for k, v in state.items()}
 
     def load_detail_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self._merged = None
         lora = {k[len("lora."):]: v for k, v in state.items() if k.startswith("lora.")}
-        set_peft_model_state_dict(self.base, lora, adapter_name=ADAPTER)
+        set_peft_model_state_dict(self.base, lora, adapter_name=self.adapter)
         self.copies.load_state_dict({k[len("copies."):]: v for k, v in state.items() if k.startswith("copies.")})
         self.copy_modules.load_state_dict(
             {k[len("copy_modules."):]: v for k, v in state.items() if k.startswith("copy_modules.")})
 
     def save(self, directory: Path, full: dict[str, torch.Tensor] | None = None) -> None:
-        """``detail.safetensors`` (LoRA + copies) and ``detail.json`` (how to rebuild it)."""
+        """The LoRA (+ copies) and how to rebuild the expert, named after its adapter (``detail.safetensors``
+        and ``detail.json`` for the detail expert)."""
         directory.mkdir(parents=True, exist_ok=True)
-        with atomic_path(directory / "detail.safetensors") as tmp:
+        with atomic_path(directory / adapter_weights(self.adapter)) as tmp:
             save_file(self.detail_state_dict(full), str(tmp))
-        config = {"kind": "pe", "base": self.base_name, "timestep_layers": list(self.timestep_layers), **self.lora}
-        atomic_write_text(directory / "detail.json", json.dumps(config, indent=2) + "\n")
+        config = {"kind": "pe" if self.timestep_layers else "lora", "base": self.base_name, "adapter": self.adapter,
+                  "timestep_layers": list(self.timestep_layers), **self.lora}
+        atomic_write_text(directory / adapter_config(self.adapter), json.dumps(config, indent=2) + "\n")
 
     @staticmethod
-    def base_of(directory: Path) -> str:
-        """What the expert saved in ``directory`` sits on: "semantic" or "transformer_2"."""
-        return json.loads((directory / "detail.json").read_text()).get("base", "semantic")
+    def base_of(directory: Path, adapter: str = ADAPTER) -> str:
+        """What the expert saved in ``directory`` sits on: "semantic", "transformer" or "transformer_2"."""
+        return json.loads((directory / adapter_config(adapter)).read_text()).get("base", "semantic")
 
     @classmethod
-    def load(cls, base: nn.Module, directory: Path) -> ParameterEfficientExpert:
-        config = json.loads((directory / "detail.json").read_text())
+    def load(cls, base: nn.Module, directory: Path, adapter: str = ADAPTER) -> ParameterEfficientExpert:
+        config = json.loads((directory / adapter_config(adapter)).read_text())
         expert = cls(base, config["timestep_layers"], config["r"], config["lora_alpha"], config["target_modules"],
-                     config.get("base", "semantic"))
-        expert.load_detail_state_dict(load_file(str(directory / "detail.safetensors")))
+                     config.get("base", "semantic"), config.get("adapter", ADAPTER))
+        expert.load_detail_state_dict(load_file(str(directory / adapter_weights(adapter))))
         return expert
 
 

@@ -44,10 +44,11 @@ from dcm.config import Params
 from dcm.errors import DcmError
 from dcm.experts import ParameterEfficientExpert
 from dcm.io import atomic_write_text, write_json
-from dcm.layout import DETAIL_CONFIG, DETAIL_WEIGHTS, STUDENT_MODEL, Layout
+from dcm.layout import STUDENT_MODEL, Layout, adapter_config, adapter_weights
 from dcm.models import BACKBONES, META, WanBackbone, backbone_class, load_backbone
 from dcm.sampling import SamplingError, schedule, stock_sigmas
-from dcm.students import StudentError, StudentRecord, check_record, detail_base, load_full_model
+from dcm.students import (StudentError, StudentRecord, check_record, load_adapter_expert, load_full_model,
+                          load_semantic)
 
 #: added to the boundary sigma for ``boundary_ratio``: dcm runs the detail expert at sigmas <= the
 #: boundary's, WanPipeline runs ``transformer_2`` at timesteps strictly below ``1000 * boundary_ratio``,
@@ -55,6 +56,7 @@ from dcm.students import StudentError, StudentRecord, check_record, detail_base,
 #: than float32 rounding near t = 1000, far less than any step of a few-step schedule)
 BOUNDARY_EPSILON = 1e-6
 LORA_FILE = "pytorch_lora_weights.safetensors"
+SEMANTIC_LORA_FILE = "semantic_lora_weights.safetensors"  # distill.lora_only: the semantic expert's LoRA
 COPIED_FILE = "copied_layers.safetensors"
 
 
@@ -62,16 +64,18 @@ class ExportError(DcmError, ValueError):
     """An export that cannot be made from these params and artifacts."""
 
 
-def merge_detail_expert(base: nn.Module, detail_dir: Path) -> nn.Module:
-    """The PE detail expert as one plain transformer of its base's class (LoRA merged into the
-    weights, copied timestep layers written in), so a stock pipeline can hold it; ``base``: the
-    semantic expert, or a two-expert teacher's ``transformer_2``, as the expert was trained on."""
-    expert = ParameterEfficientExpert.load(copy.deepcopy(base), detail_dir)
+def merged_transformer(expert: ParameterEfficientExpert) -> nn.Module:
+    """An adapter expert (PE or LoRA-only) as one plain transformer of its base's class (its LoRA merged
+    into the weights, copied timestep layers written in, no other adapter of the base), so a stock
+    pipeline can hold it."""
+    from accelerate import init_empty_weights
+
     with expert.fused() as model:  # leaving the block swaps the base weights back, hence the clones
         state = {k.replace(".base_layer", ""): v.clone() for k, v in model.state_dict().items() if "lora_" not in k}
-    merged = copy.deepcopy(base)
-    merged.load_state_dict(state)  # strict: every weight of the plain transformer is written
-    return merged
+    with init_empty_weights():
+        plain = type(expert.base).from_config(expert.base.config)
+    plain.load_state_dict(state, assign=True)  # strict: every weight of the plain transformer is written
+    return plain
 
 
 def copied_layers(state: dict[str, torch.Tensor], timestep_layers: list[str]) -> dict[str, torch.Tensor]:
@@ -98,19 +102,23 @@ def _require(path: Path, what: str, stage: str) -> None:
         raise ExportError(f"{what} is missing: expected {path} (run `dvc repro {stage}` first)")
 
 
-def _checked_students(params: Params, layout: Layout) -> str:
+def _checked_students(params: Params, layout: Layout) -> tuple[str, str]:
     """Check the semantic and detail records against params (a stale expert is refused, naming the
-    stage to rerun); return what the detail stage wrote ("pe", "full" or "none")."""
+    stage to rerun); return what each wrote: ("full" or "lora", "pe", "full", "lora" or "none")."""
+    kinds = []
     try:
         for stage in ("semantic", "detail"):
             record = StudentRecord.read(layout.student(stage), stage)
             check_record(record, params, layout)
+            kinds.append(record.kind)
     except StudentError as err:
         raise ExportError(str(err)) from None
-    needed = {"pe": (DETAIL_WEIGHTS, DETAIL_CONFIG), "full": (f"{STUDENT_MODEL}/config.json",), "none": ()}[record.kind]
-    for name in needed:
-        _require(layout.student("detail") / name, f"the {record.kind} detail expert's {name}", "detail")
-    return record.kind
+    for stage, kind in zip(("semantic", "detail"), kinds, strict=True):
+        needed = {"pe": (adapter_weights(stage), adapter_config(stage)), "lora": (adapter_weights(stage),
+                  adapter_config(stage)), "full": (f"{STUDENT_MODEL}/config.json",), "none": ()}[kind]
+        for name in needed:
+            _require(layout.student(stage) / name, f"the {kind} {stage} expert's {name}", stage)
+    return kinds[0], kinds[1]
 
 
 def _check_backbone(params: Params, fmt: str) -> None:
@@ -169,14 +177,19 @@ def export_wan_pipeline(params: Params, layout: Layout = Layout(), out_dir: Path
         raise ExportError(f"{teacher_dir / META} points at a {link['kind']!r} backbone, params say "
                           f"{WanBackbone.kind!r}")
     WanBackbone.check(link["path"])
-    kind = _checked_students(params, layout)
+    semantic_kind, kind = _checked_students(params, layout)
 
     backbone = load_backbone(teacher_dir)
-    semantic = load_full_model(layout.student("semantic"), backbone, "semantic")
+    semantic = load_semantic(backbone, layout)
+    if semantic_kind == "lora":
+        semantic = merged_transformer(semantic)
     detail_dir = layout.student("detail")
-    detail = (merge_detail_expert(detail_base(backbone, layout, semantic, ParameterEfficientExpert.base_of(detail_dir)),
-                                  detail_dir) if kind == "pe"
-              else load_full_model(layout.student("detail"), backbone, "detail") if kind == "full" else None)
+    if kind in ("pe", "lora"):  # on a copy of the semantic expert, which the pipeline holds as it is
+        on_semantic = ParameterEfficientExpert.base_of(detail_dir, "detail") == "semantic"
+        detail = merged_transformer(load_adapter_expert(detail_dir, backbone, layout, "detail",
+                                                        copy.deepcopy(semantic) if on_semantic else None))
+    else:
+        detail = load_full_model(detail_dir, backbone, "detail") if kind == "full" else None
     n, b, shift = params.flow.steps, params.boundary, params.flow.shift
     grid = flow.sigma_grid(n, shift)
     boundary_sigma = float(grid[b])
@@ -189,7 +202,8 @@ def export_wan_pipeline(params: Params, layout: Layout = Layout(), out_dir: Path
     info = {
         "format": "WanPipeline", "steps": steps, "boundary": b, "flow_steps": n, "shift": shift,
         "boundary_sigma": boundary_sigma, "boundary_ratio": ratio, "boundary_epsilon": BOUNDARY_EPSILON,
-        "detail_kind": kind, "max_sequence_length": backbone.max_sequence_length,
+        "expand_timesteps": backbone.expand_timesteps,
+        "semantic_kind": semantic_kind, "detail_kind": kind, "max_sequence_length": backbone.max_sequence_length,
         "stock_sigmas": stock,
         "stock_experts": _experts(stock, lambda s: s < ratio, detail is not None),
         "dcm_sigmas": dcm, "dcm_schedule_note": why,
@@ -198,7 +212,7 @@ def export_wan_pipeline(params: Params, layout: Layout = Layout(), out_dir: Path
     }
     pipe = WanPipeline(tokenizer=backbone.tokenizer, text_encoder=backbone.text_encoder, vae=backbone.vae,
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), transformer=semantic,
-                       transformer_2=detail, boundary_ratio=ratio)
+                       transformer_2=detail, boundary_ratio=ratio, expand_timesteps=backbone.expand_timesteps)
     with _atomic_dir(out_dir) as tmp:
         pipe.save_pretrained(tmp)
         write_json(tmp / "dcm_export.json", info)
@@ -216,8 +230,9 @@ def _pipeline_readme(out_dir: Path, params: Params, info: dict) -> str:
                else f"n/a: {info['dcm_schedule_note']}")
     seq = ("" if info["max_sequence_length"] == WanBackbone.default_max_sequence_length
            else f", max_sequence_length={info['max_sequence_length']}")
-    experts = ("`transformer` is the semantic expert, `transformer_2` the detail expert "
-               f"({'LoRA merged, copied layers in' if info['detail_kind'] == 'pe' else 'full model'}); "
+    how = {"pe": "LoRA merged, copied layers in", "lora": "its LoRA merged", "full": "full model"}
+    experts = (f"`transformer` is the semantic expert ({how[info['semantic_kind']]}), `transformer_2` the detail "
+               f"expert ({how[info['detail_kind']]}); "
                f"`boundary_ratio` = {info['boundary_ratio']:.7f} = the boundary sigma {info['boundary_sigma']:.7f} "
                f"(grid index {info['boundary']} of {info['flow_steps']}) + {BOUNDARY_EPSILON:g}, so a step from "
                "exactly the boundary runs the detail expert, as in dcm."
@@ -257,37 +272,52 @@ sampler on `dcm.sampling.stock_sigmas({k}, {info['shift']})`.
 """
 
 
+def _adapter_files(directory: Path, stage: str) -> tuple[dict, dict, dict]:
+    """An adapter expert's LoRA in PEFT's keys, its copied layers keyed by their paths, and its config."""
+    config = json.loads((directory / adapter_config(stage)).read_text())
+    state = load_file(str(directory / adapter_weights(stage)))
+    lora = {k[len("lora."):]: v for k, v in state.items() if k.startswith("lora.")}
+    return lora, copied_layers(state, config["timestep_layers"]), config
+
+
+def _lora_metadata(config: dict) -> dict:
+    return {"r": config["r"], "lora_alpha": config["lora_alpha"], "target_modules": config["target_modules"]}
+
+
 def export_detail_lora(params: Params, layout: Layout = Layout(), out_dir: Path | None = None) -> Path:
-    """Write the PE detail expert as ``pytorch_lora_weights.safetensors`` (loadable by the backbone
-    pipeline's ``load_lora_weights``) plus ``copied_layers.safetensors``, both on top of the semantic
-    expert; no model is loaded."""
+    """Write the detail expert's LoRA as ``pytorch_lora_weights.safetensors`` (loadable by the backbone
+    pipeline's ``load_lora_weights``), the PE expert's copied layers as ``copied_layers.safetensors``,
+    and with ``distill.lora_only`` the semantic expert's LoRA as ``semantic_lora_weights.safetensors``;
+    no model is loaded."""
     import diffusers
 
     _check_backbone(params, "lora")
     adapter = backbone_class(params.model.backbone)
     out_dir = out_dir or layout.export("lora")
-    kind = _checked_students(params, layout)
+    semantic_kind, kind = _checked_students(params, layout)
     detail_dir = layout.student("detail")
-    if kind != "pe":
-        raise ExportError(f"the detail expert in {detail_dir} is {kind!r}, not parameter-efficient (pe): "
+    if kind not in ("pe", "lora"):
+        raise ExportError(f"the detail expert in {detail_dir} is {kind!r}, not an adapter (pe or lora): "
                           "there is no LoRA to export" + ("; use `dcm export --format pipeline`" if kind == "full"
                                                           and adapter.two_expert_pipeline else ""))
-    config = json.loads((detail_dir / DETAIL_CONFIG).read_text())
-    state = load_file(str(detail_dir / DETAIL_WEIGHTS))
-    lora = {k[len("lora."):]: v for k, v in state.items() if k.startswith("lora.")}
-    copied = copied_layers(state, config["timestep_layers"])
-    metadata = {"r": config["r"], "lora_alpha": config["lora_alpha"], "target_modules": config["target_modules"]}
-    pipeline = adapter.pipeline_class
-    info = {"format": f"{pipeline} LoRA", "backbone": params.model.backbone, "lora": metadata,
-            "base": config.get("base", "semantic"),
+    lora, copied, config = _adapter_files(detail_dir, "detail")
+    pipeline = getattr(diffusers, adapter.pipeline_class)
+    info = {"format": f"{adapter.pipeline_class} LoRA", "backbone": params.model.backbone,
+            "lora": _lora_metadata(config), "base": config.get("base", "semantic"),
             "copied_layers": config["timestep_layers"], "boundary": params.boundary, "flow_steps": params.flow.steps,
             "boundary_sigma": float(flow.sigma_grid(params.flow.steps, params.flow.shift)[params.boundary])
             if adapter.flow_matching else None,
-            "params": params.model_dump(mode="json")}
+            "semantic_lora": None, "params": params.model_dump(mode="json")}
     with _atomic_dir(out_dir) as tmp:
-        getattr(diffusers, pipeline).save_lora_weights(tmp, transformer_lora_layers=lora, weight_name=LORA_FILE,
-                                                       transformer_lora_adapter_metadata=metadata)
-        save_file(copied, str(tmp / COPIED_FILE))
+        pipeline.save_lora_weights(tmp, transformer_lora_layers=lora, weight_name=LORA_FILE,
+                                   transformer_lora_adapter_metadata=info["lora"])
+        if copied:
+            save_file(copied, str(tmp / COPIED_FILE))
+        if semantic_kind == "lora":
+            semantic_lora, _, semantic_config = _adapter_files(layout.student("semantic"), "semantic")
+            info["semantic_lora"] = _lora_metadata(semantic_config)
+            pipeline.save_lora_weights(tmp, transformer_lora_layers=semantic_lora, weight_name=SEMANTIC_LORA_FILE,
+                                       transformer_lora_adapter_metadata=info["semantic_lora"])
         write_json(tmp / "dcm_export.json", info)
         atomic_write_text(tmp / "README.md", _lora_readme(out_dir, layout.student("semantic") / STUDENT_MODEL,
                                                           params, info))
@@ -295,6 +325,8 @@ def export_detail_lora(params: Params, layout: Layout = Layout(), out_dir: Path 
 
 
 def _lora_readme(out_dir: Path, semantic: Path, params: Params, info: dict) -> str:
+    if info["semantic_lora"] is not None:
+        return _lora_only_readme(out_dir, params, info)
     if info["base"] == "transformer_2":
         return _transformer_2_lora_readme(out_dir, semantic, params, info)
     adapter, b, n = backbone_class(params.model.backbone), params.boundary, params.flow.steps
@@ -355,4 +387,44 @@ video = pipe("a cat surfing a wave", num_inference_steps=4, guidance_scale=1.0).
 ```
 
 `dcm export --format pipeline` writes the same students with the LoRA merged, as one directory.
+"""
+
+
+def _lora_only_readme(out_dir: Path, params: Params, info: dict) -> str:
+    """``distill.lora_only``: both experts are LoRAs on the teacher's own transformer(s)."""
+    adapter = backbone_class(params.model.backbone)
+    pipeline, model = adapter.pipeline_class, adapter.transformer_class
+    two = info["base"] == "transformer_2"
+    where = (f"at and below flow sigma {info['boundary_sigma']:.7f}" if info["boundary_sigma"] is not None
+             else f"from grid index {info['boundary']} of {info['flow_steps']} down to 0")
+    head = f"""# DCM experts as two diffusers LoRAs on the teacher ({pipeline})
+
+Both experts are LoRAs alone on the frozen teacher (`distill.lora_only`), nothing else trained:
+
+* `{SEMANTIC_LORA_FILE}`: the semantic expert, on the teacher's `transformer` (r={info['semantic_lora']['r']},
+  alpha={info['semantic_lora']['lora_alpha']}, on {', '.join(info['semantic_lora']['target_modules'])});
+* `{LORA_FILE}`: the detail expert, on the teacher's `{info['base']}` (r={info['lora']['r']},
+  alpha={info['lora']['lora_alpha']}, on {', '.join(info['lora']['target_modules'])}), for the steps {where}
+  (grid index {info['boundary']} of {info['flow_steps']}).
+"""
+    if not adapter.two_expert_pipeline:
+        return head + f"""
+`{pipeline}` holds one transformer: load `{SEMANTIC_LORA_FILE}` for the high-noise steps and swap to
+`{LORA_FILE}` (`pipe.set_adapters`) for the steps at and below the boundary, e.g. in `callback_on_step_end`.
+"""
+    ratio = info["boundary_sigma"] + BOUNDARY_EPSILON
+    second = "" if two else (f",\n                                   transformer_2={model}.from_pretrained("
+                             f"\"{params.model.path}\", subfolder=\"transformer\")")
+    return head + f"""
+```python
+from diffusers import {pipeline}, {model}
+pipe = {pipeline}.from_pretrained("{params.model.path}", boundary_ratio={ratio:.7f}{second})
+pipe.load_lora_weights("{out_dir}", weight_name="{SEMANTIC_LORA_FILE}", adapter_name="semantic")
+pipe.load_lora_weights("{out_dir}", weight_name="{LORA_FILE}", adapter_name="detail", load_into_transformer_2=True)
+video = pipe("a cat surfing a wave", num_inference_steps=4, guidance_scale=1.0).frames[0]
+```
+
+{"The teacher's own two experts hold the two LoRAs." if two else "A one-transformer teacher: a second copy of its transformer holds the detail LoRA."}
+`boundary_ratio` is the students' boundary sigma + {BOUNDARY_EPSILON:g}, so a step from exactly the
+boundary runs the detail expert, as in dcm.
 """

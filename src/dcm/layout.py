@@ -14,8 +14,17 @@ CHECKPOINT = "checkpoint.safetensors"  # a training stage's resumable state (dcm
 HEALTHY_CHECKPOINT = "healthy-checkpoint.safetensors"  # a student's checkpoint at its newest healthy validation
 EXPERT_RECORD = "expert.json"  # what a student stage trained, with which params (dcm.experts)
 STUDENT_MODEL = "model"  # a full student: a diffusers model directory
-DETAIL_WEIGHTS = "detail.safetensors"  # a PE detail expert: LoRA + copied timestep layers
-DETAIL_CONFIG = "detail.json"  # how to rebuild the PE detail expert on its base
+
+def adapter_weights(stage: str) -> str:
+    """An adapter expert's LoRA (+ copied timestep layers of the PE detail expert): ``detail.safetensors``."""
+    return f"{stage}.safetensors"
+
+
+def adapter_config(stage: str) -> str:
+    """How to rebuild an adapter expert on its base: ``detail.json`` (``semantic.json`` when LoRA-only)."""
+    return f"{stage}.json"
+
+
 BUCKETS = "buckets.csv"  # loss and gradient norm by noise level (paper Fig. 2)
 VALIDATION = "validation.csv"  # a training stage's checks on the validation split
 MANIFEST = "manifest.json"  # a shard folder's index (trajectories, data)

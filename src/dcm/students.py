@@ -29,7 +29,7 @@ import torch
 from dcm.config import Params, stage_values
 from dcm.experts import ParameterEfficientExpert
 from dcm.io import atomic_path, atomic_write_text
-from dcm.layout import DETAIL_CONFIG, DETAIL_WEIGHTS, EXPERT_RECORD, STUDENT_MODEL, MANIFEST, Layout
+from dcm.layout import EXPERT_RECORD, MANIFEST, STUDENT_MODEL, Layout, adapter_config, adapter_weights
 from dcm.models.base import Backbone
 from dcm.sampling import METHODS, Sampler, SamplingError, method_sigmas
 
@@ -56,7 +56,8 @@ class StudentRecord:
 
     stage: str
     role: str
-    kind: str  # "full": a diffusers model directory; "pe": LoRA + copies on the semantic expert; "none"
+    kind: str  # "full": a diffusers model directory; "pe": LoRA + copies on the semantic expert (or Wan2.2's
+    # transformer_2); "lora": a LoRA alone on the teacher transformer (distill.lora_only); "none"
     phases: list[list[int]]
     boundary: int | None
     trained_with: dict[str, Any]  # the stage's params (dotted keys), as they were
@@ -148,45 +149,63 @@ def load_full_model(directory: Path, backbone: Backbone, stage: str) -> torch.nn
     return backbone.load_transformer(path)
 
 
-def detail_base_name(teacher: Backbone) -> str:
-    """What the PE detail expert sits on: the semantic expert (paper Sec. 3.3), or for a two-expert
-    teacher (Wan2.2-A14B) its own low-noise ``transformer_2``, which already knows the detail phase."""
-    return "semantic" if teacher.teacher_expert(low_noise=True) is teacher.teacher_expert() else "transformer_2"
+def expert_base_name(teacher: Backbone, lora_only: bool, low_noise: bool) -> str:
+    """What an adapter expert sits on: the PE detail expert on the semantic expert (paper Sec. 3.3), or
+    on a two-expert teacher's own low-noise ``transformer_2``, which already knows the detail phase; a
+    LoRA-only expert on the teacher transformer of its phase (``transformer`` or ``transformer_2``)."""
+    two = teacher.teacher_expert(low_noise=True) is not teacher.teacher_expert()
+    if lora_only:
+        return "transformer_2" if two and low_noise else "transformer"
+    return "transformer_2" if two else "semantic"
 
 
-def detail_base(teacher: Backbone, layout: Layout, semantic: torch.nn.Module | None = None,
-                name: str | None = None) -> torch.nn.Module:
-    """A base for a PE detail expert (``name``: what it sits on, default :func:`detail_base_name`): the
-    trained semantic expert (``semantic`` if given, else loaded from ``layout``), or a copy of the
-    teacher's ``transformer_2`` (the expert adds its LoRA to its base)."""
-    name = name or detail_base_name(teacher)
-    if name == "transformer_2":
-        if detail_base_name(teacher) != "transformer_2":
-            raise StudentError("the PE detail expert sits on a two-expert teacher's transformer_2, and this teacher "
-                               "has one transformer: rerun `dvc repro detail`")
-        return copy.deepcopy(teacher.teacher_expert(low_noise=True))
-    return semantic if semantic is not None else load_full_model(layout.student("semantic"), teacher, "semantic")
+def expert_base(teacher: Backbone, layout: Layout, name: str, semantic: torch.nn.Module | None = None
+                ) -> torch.nn.Module:
+    """The base an adapter expert sits on (``name``, :func:`expert_base_name`): the trained semantic
+    expert (``semantic`` if given, else loaded from ``layout``), or the teacher's own transformer
+    module (not a copy: the expert adds its LoRA, switched off outside its calls)."""
+    if name == "semantic":
+        return semantic if semantic is not None else load_semantic(teacher, layout)
+    if name == "transformer_2" and teacher.teacher_expert(low_noise=True) is teacher.teacher_expert():
+        raise StudentError("this expert sits on a two-expert teacher's transformer_2, and the teacher has one "
+                           "transformer: rerun its stage")
+    return teacher.teacher_expert(low_noise=name == "transformer_2")
+
+
+def load_adapter_expert(directory: Path, teacher: Backbone, layout: Layout, stage: str,
+                        semantic: torch.nn.Module | None = None) -> ParameterEfficientExpert:
+    """A PE or LoRA-only expert saved by ``stage`` in ``directory``, on its base (:func:`expert_base`)."""
+    for name in (adapter_weights(stage), adapter_config(stage)):
+        if not (directory / name).exists():
+            raise StudentError(f"the {stage} adapter's {name} is missing: expected {directory / name} "
+                               f"(rerun `dvc repro {stage}`)")
+    name = ParameterEfficientExpert.base_of(directory, stage)
+    return ParameterEfficientExpert.load(expert_base(teacher, layout, name, semantic), directory, stage)
+
+
+def load_semantic(teacher: Backbone, layout: Layout) -> torch.nn.Module:
+    """The trained semantic expert: a full model, or a LoRA on the teacher (``distill.lora_only``)."""
+    directory = layout.student("semantic")
+    if (directory / EXPERT_RECORD).exists() and StudentRecord.read(directory, "semantic").kind == "lora":
+        return load_adapter_expert(directory, teacher, layout, "semantic")
+    return load_full_model(directory, teacher, "semantic")
 
 
 def load_student(stage: str, backbone: Backbone, params: Params, layout: Layout = Layout(),
                  semantic: torch.nn.Module | None = None) -> tuple[StudentRecord, torch.nn.Module | None]:
-    """The checked record of ``stage`` and its model: a transformer, a PE expert on its base
-    (:func:`detail_base`; ``semantic``: the semantic expert when already loaded), or ``None`` when the
+    """The checked record of ``stage`` and its model: a transformer, an adapter expert on its base
+    (:func:`expert_base`; ``semantic``: the semantic expert when already loaded), or ``None`` when the
     stage trained nothing."""
     directory = layout.student(stage)
     record = StudentRecord.read(directory, stage)
     check_record(record, params, layout)
     if record.kind == "none":
         return record, None
-    if record.kind == "pe":
-        for name in (DETAIL_WEIGHTS, DETAIL_CONFIG):
-            if not (directory / name).exists():
-                raise StudentError(f"the PE detail expert's {name} is missing: expected {directory / name} "
-                                   f"(rerun `dvc repro {stage}`)")
-        name = ParameterEfficientExpert.base_of(directory)
-        if name == "semantic" and semantic is None:
+    if record.kind in ("pe", "lora"):
+        if semantic is None and (directory / adapter_config(stage)).exists() and \
+                ParameterEfficientExpert.base_of(directory, stage) == "semantic":
             semantic = load_student("semantic", backbone, params, layout)[1]
-        return record, ParameterEfficientExpert.load(detail_base(backbone, layout, semantic, name), directory)
+        return record, load_adapter_expert(directory, backbone, layout, stage, semantic)
     return record, load_full_model(directory, backbone, stage)
 
 

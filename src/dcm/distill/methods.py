@@ -28,7 +28,7 @@ from dcm.experts import ParameterEfficientExpert
 from dcm.layout import Layout
 from dcm.models.base import Backbone
 from dcm.sampling import schedule, uniform_indices
-from dcm.students import load_full_model
+from dcm.students import load_semantic
 
 ValidationModels = list[tuple[nn.Module, list[int], float]]  # (model, grid indices it steps over, guidance)
 
@@ -43,17 +43,24 @@ class StudentPlan:
     tc: bool
     gf: bool
     pe: bool
+    lora: bool = False  # a LoRA alone on the frozen teacher transformer (distill.lora_only)
+
+    @property
+    def kind(self) -> str:
+        """What the stage writes (:class:`dcm.students.StudentRecord`'s kind)."""
+        return "lora" if self.lora else "pe" if self.pe else "full"
 
     @classmethod
     def for_stage(cls, stage: str, params: Params) -> StudentPlan | None:
         """``None`` when the stage has nothing to train (the detail stage without OD)."""
-        a = params.ablation
+        a, lora = params.ablation, params.distill.lora_only
         if stage == "semantic":
-            return cls("semantic" if a.od else "vanilla", params.semantic.steps, params.semantic.lr, a.tc, False, False)
+            return cls("semantic" if a.od else "vanilla", params.semantic.steps, params.semantic.lr, a.tc, False, False,
+                       lora)
         if stage == "detail":
             if not a.od:
                 return None
-            return cls("detail", params.detail.steps, params.detail.lr, False, a.gf, a.pe)
+            return cls("detail", params.detail.steps, params.detail.lr, False, a.gf, a.pe and not lora, lora)
         if stage in ("lcm", "pcm"):
             section = getattr(params, stage)
             return cls(stage, section.steps, section.lr, False, False, False)
@@ -277,8 +284,7 @@ class DetailExpert(Method):
         n, k = self.params.flow.steps, self.params.boundary
         if self.semantic is None:
             on_semantic = isinstance(student, ParameterEfficientExpert) and student.base_name == "semantic"
-            self.semantic = (student.base if on_semantic
-                             else load_full_model(self.layout.student("semantic"), self.teacher, "semantic"))
+            self.semantic = student.base if on_semantic else load_semantic(self.teacher, self.layout)
         return [(self.semantic, uniform_indices(n, k, 2), 1.0), (student, uniform_indices(k, 0, 2), 1.0)]
 
 

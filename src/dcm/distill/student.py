@@ -14,23 +14,30 @@ from dcm.distill.methods import StudentPlan
 from dcm.experts import ParameterEfficientExpert, count_parameters
 from dcm.layout import Layout
 from dcm.models.base import Backbone
-from dcm.students import detail_base, detail_base_name
+from dcm.students import expert_base, expert_base_name
 
 
-def build_student(plan: StudentPlan, params: Params, teacher: Backbone, layout: Layout) -> tuple[nn.Module,
-                                                                                                list[nn.Parameter]]:
+def build_student(plan: StudentPlan, params: Params, teacher: Backbone, layout: Layout,
+                  share: bool = True) -> tuple[nn.Module, list[nn.Parameter]]:
     """The trainable module and its trainable parameters: a copy of the teacher transformer of the
-    student's phase (:meth:`Backbone.teacher_expert`), or (PE) a LoRA and copied timestep layers on a
-    frozen base (paper Sec. 3.3): the semantic expert, or a two-expert teacher's own low-noise
-    ``transformer_2``."""
+    student's phase (:meth:`Backbone.teacher_expert`); (PE) a LoRA and copied timestep layers on a
+    frozen base (paper Sec. 3.3), the semantic expert or a two-expert teacher's ``transformer_2``; or
+    (LoRA-only) a LoRA alone on the teacher transformer of its phase. A teacher transformer as base is
+    the teacher's own module when ``share`` (its LoRA is off outside the expert's calls), a copy under
+    FSDP, which shards what it wraps."""
     low_noise = plan.role == "detail"
-    if plan.pe:
-        base = detail_base(teacher, layout)
+    if plan.pe or plan.lora:
+        name = expert_base_name(teacher, plan.lora, low_noise)
+        base = expert_base(teacher, layout, name)
+        if name != "semantic" and not share:
+            base = copy.deepcopy(base)
         if params.distill.gradient_checkpointing:
             teacher.enable_gradient_checkpointing(base)
-        d = params.detail
-        student = ParameterEfficientExpert(base, teacher.timestep_layers, d.lora_rank, d.lora_alpha, d.lora_targets,
-                                           base_name=detail_base_name(teacher))
+        section = params.detail if low_noise else params.semantic
+        student = ParameterEfficientExpert(base, () if plan.lora else teacher.timestep_layers, section.lora_rank,
+                                           section.lora_alpha, section.lora_targets, base_name=name,
+                                           adapter="detail" if low_noise else "semantic")
+        student.shares_teacher = name != "semantic" and share
         return student, student.trainable_parameters()
     student = copy.deepcopy(teacher.teacher_expert(low_noise)).requires_grad_(True)
     if params.distill.gradient_checkpointing:
@@ -77,7 +84,10 @@ class Student:
         self.module, self.ema_decay = module, d.target_ema_decay
         self.trainable_count = count_parameters(trainable)
         self.optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=d.weight_decay)
-        self.ema = copy.deepcopy(module).requires_grad_(False) if d.target == "ema" else None
+        self.ema = None
+        if d.target == "ema":  # an expert on the teacher's own module: a second adapter, not a second base
+            self.ema = (module.twin(f"{module.adapter}_ema") if getattr(module, "shares_teacher", False)
+                        else copy.deepcopy(module).requires_grad_(False))
 
     def prepare(self, accelerator: Accelerator, sharded: bool) -> None:
         self.model, self.optimizer = accelerator.prepare(self.module, self.optimizer)

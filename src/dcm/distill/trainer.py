@@ -33,7 +33,7 @@ from dcm.experts import count_parameters
 from dcm.io import keep_copy, load_checkpoint, save_checkpoint
 from dcm.layout import CHECKPOINT, HEALTHY_CHECKPOINT, STUDENT_MODEL, Layout
 from dcm.models import load_backbone
-from dcm.students import (StudentRecord, check_record, detail_base_name, learned_values, save_full_model,
+from dcm.students import (StudentRecord, check_record, expert_base_name, learned_values, save_full_model,
                           source_fingerprint)
 from dcm.tracking import log_metrics
 
@@ -55,7 +55,7 @@ def check_inputs(params: Params, stage: str, layout: Layout = Layout()) -> None:
     switch = teacher_expert_boundary(layout.teacher_model)
     if switch is not None:
         warn_off_teacher_switch(params, switch)
-    if plan.pe and switch is None:  # on a two-expert teacher the PE detail expert sits on its transformer_2
+    if plan.pe and switch is None:  # the PE detail expert on the semantic one (on Wan2.2, on its transformer_2)
         record = StudentRecord.read(layout.student("semantic"), "semantic")
         check_record(record, params, layout)
     if params.distill.validate_every:
@@ -111,14 +111,15 @@ class DistillRun:
         self.sigmas = self.data.sigmas.to(device)
         self.empty = self.teacher.encode_prompts([""]).to(device)
         self.inputs = {d.source: source_fingerprint(layout, d.source)}
-        if plan.pe and detail_base_name(self.teacher) == "semantic":
+        if (plan.pe or plan.lora) and expert_base_name(self.teacher, plan.lora, plan.role == "detail") == "semantic":
             self.inputs["semantic"] = StudentRecord.read(layout.student("semantic"), "semantic").fingerprint
         self.fingerprint = fingerprint({"params": learned_values(params, stage), "inputs": self.inputs})
         # Random initialisation (LoRA, discriminator) from a generator fixed by the params alone: the
         # global one's state here depends on what the libraries loaded so far happened to draw.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(zlib.crc32(f"{d.seed}/{plan.role}/init".encode()))
-            self.student = Student(*build_student(plan, params, self.teacher, layout), params, plan.lr)
+            fsdp = self.accelerator.distributed_type == DistributedType.FSDP  # shards what it wraps: no shared base
+            self.student = Student(*build_student(plan, params, self.teacher, layout, share=not fsdp), params, plan.lr)
             self.method = method_for(plan, params, self.teacher, layout, self.sigmas)
         self.points, self.ends = trainable_points(self.method.phases, self.data.drawable)
         validation_set = None
@@ -270,11 +271,11 @@ class DistillRun:
                    "seconds_per_step": None if seconds is None else seconds / plan.steps}
         full = acc.get_state_dict(self.student.model)
         if acc.is_main_process:
-            if plan.pe:
+            if plan.pe or plan.lora:
                 self.student.raw.save(self.out_dir, full)
             else:
                 save_full_model(self.student.raw, full, self.out_dir / STUDENT_MODEL)
-            StudentRecord(self.stage, plan.role, "pe" if plan.pe else "full",
+            StudentRecord(self.stage, plan.role, plan.kind,
                           [[p.start, p.end] for p in self.method.phases], self.params.boundary,
                           learned_values(self.params, self.stage), self.inputs, summary).write(self.out_dir)
             log_metrics({k: summary[k] for k in ("trainable_parameters", "seconds_per_step") if summary[k] is not None})

@@ -27,10 +27,24 @@ WAN_TIMESTEP_LAYERS = ("condition_embedder.time_embedder", "condition_embedder.t
                        "scale_shift_table")
 
 
-def wan_velocity(transformer: nn.Module, latents: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """A Wan transformer as a velocity model: timestep ``1000 * sigma`` per sample."""
+def wan_velocity(transformer: nn.Module, latents: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor,
+                 token_patch: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """A Wan transformer as a velocity model: timestep ``1000 * sigma`` per sample, or with ``token_patch``
+    (the patch size of a model whose pipeline expands timesteps, Wan2.2-TI2V-5B) per token, as
+    ``WanPipeline`` passes it."""
     t = flow.timestep(torch.as_tensor(sigma, dtype=torch.float32, device=latents.device).expand(latents.shape[0]))
+    if token_patch is not None:
+        _, _, frames, height, width = latents.shape
+        pt, ph, pw = token_patch
+        t = t[:, None].expand(-1, (frames // pt) * (height // ph) * (width // pw))
     return transformer(latents, t, text.to(latents.dtype), return_dict=False)[0]
+
+
+def expands_timesteps(path: Path) -> bool:
+    """Whether the checkpoint's pipeline gives every token its own timestep (``expand_timesteps`` in its
+    ``model_index.json``: Wan2.2-TI2V-5B)."""
+    index_file = path / "model_index.json"
+    return index_file.exists() and bool(json.loads(index_file.read_text()).get("expand_timesteps"))
 
 
 def encode_t5(tokenizer, text_encoder: nn.Module, prompts: list[str], max_length: int) -> torch.Tensor:
@@ -126,10 +140,13 @@ class WanBackbone(Backbone):
                    "(dcm never downloads weights).")
     timestep_layers = WAN_TIMESTEP_LAYERS
     block_lists = ("blocks",)
+    expand_timesteps = False
 
-    def __init__(self, transformer, vae, text_encoder, tokenizer, max_sequence_length: int | None = None):
+    def __init__(self, transformer, vae, text_encoder, tokenizer, max_sequence_length: int | None = None,
+                 expand_timesteps: bool = False):
         self.transformer, self.vae, self.text_encoder, self.tokenizer = transformer, vae, text_encoder, tokenizer
         self.max_sequence_length = max_sequence_length or self.default_max_sequence_length
+        self.expand_timesteps = expand_timesteps  # a timestep per token (Wan2.2-TI2V-5B's pipeline)
 
     @classmethod
     def check(cls, path: str | Path) -> Path:
@@ -160,6 +177,7 @@ class WanBackbone(Backbone):
             UMT5EncoderModel.from_pretrained(path / "text_encoder").eval().requires_grad_(False),
             AutoTokenizer.from_pretrained(path / "tokenizer"),
             max_sequence_length,
+            expands_timesteps(path),
         )
 
     @torch.no_grad()
@@ -191,7 +209,7 @@ class WanBackbone(Backbone):
                 height // cfg.scale_factor_spatial, width // cfg.scale_factor_spatial)
 
     def velocity(self, transformer, latents, sigma, text):
-        return wan_velocity(transformer, latents, sigma, text)
+        return wan_velocity(transformer, latents, sigma, text, self.patch_size() if self.expand_timesteps else None)
 
     def guided_velocity(self, transformer: nn.Module, cond: torch.Tensor, uncond: torch.Tensor | None,
                         guidance_scale: float, guidance_scale_2: float | None = None) -> VelocityFn:
