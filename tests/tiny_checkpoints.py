@@ -26,7 +26,8 @@ from dcm.world.grammar import word_list
 #: a 2x4x4 latent (3x4x4 for CogVideoX, whose VAE decodes an odd number of latent frames), which the
 #: 1x2x2 patches tile
 VIDEO_SHAPES: dict[str, tuple[int, int, int]] = {"wan": (5, 32, 32), "wan2.2": (5, 32, 32), "cogvideox": (9, 32, 32),
-                                                 "hunyuanvideo": (5, 32, 32), "wan2.2-ti2v": (5, 64, 64)}
+                                                 "hunyuanvideo": (5, 32, 32), "wan2.2-ti2v": (5, 64, 64),
+                                                 "wan2.1-i2v": (5, 32, 32), "wan2.2-i2v": (5, 32, 32)}
 #: Wan2.2-T2V-A14B's switch: ``transformer`` at t >= 875, ``transformer_2`` below
 WAN22_BOUNDARY_RATIO = 0.875
 TEXT_DIM, LATENT_CHANNELS = 16, 4
@@ -166,8 +167,52 @@ def _wan22_ti2v(directory: Path, **transformer_config) -> None:
     _wan(directory, vae=vae, expand_timesteps=True, **{"in_channels": c, "out_channels": c, **transformer_config})
 
 
-BUILDERS = {"wan": _wan, "wan2.2": _wan22, "wan2.2-ti2v": _wan22_ti2v, "cogvideox": _cogvideox,
-            "hunyuanvideo": _hunyuanvideo}
+#: Wan2.2-I2V-A14B's switch: ``transformer`` at t >= 900
+WAN22_I2V_BOUNDARY_RATIO = 0.9
+CLIP_DIM = 8
+
+
+def _wan_i2v(directory: Path, boundary_ratio: float | None = None, clip: bool = True, **transformer_config) -> None:
+    """Wan2.1-I2V's layout (a CLIP image encoder, ``image_dim``) or, with ``boundary_ratio`` and no CLIP,
+    Wan2.2-I2V-A14B's: transformers that take the noisy latent, a 4-channel first-frame mask and the image
+    latent (3 x 4 input channels here, 16 + 4 + 16 in the released models)."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
+    from diffusers import WanTransformer3DModel
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config,
+                              UMT5EncoderModel)
+
+    def transformer() -> WanTransformer3DModel:
+        return WanTransformer3DModel(**{
+            "patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 8,
+            "in_channels": 3 * LATENT_CHANNELS, "out_channels": LATENT_CHANNELS, "text_dim": TEXT_DIM,
+            "freq_dim": 16, "ffn_dim": 32, "num_layers": 1, "rope_max_seq_len": 64,
+            **({"image_dim": CLIP_DIM, "added_kv_proj_dim": 16} if clip else {}), **transformer_config})
+
+    tokenizer = t5_tokenizer(512)
+    encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=CLIP_DIM, intermediate_size=16, num_hidden_layers=2,
+                                               num_attention_heads=2, image_size=32, patch_size=8,
+                                               projection_dim=CLIP_DIM)) if clip else None
+    WanImageToVideoPipeline(
+        tokenizer=tokenizer,
+        text_encoder=UMT5EncoderModel(_t5_config(UMT5Config, len(tokenizer))),
+        vae=AutoencoderKLWan(base_dim=8, z_dim=LATENT_CHANNELS, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                             latents_mean=[0.1] * LATENT_CHANNELS, latents_std=[2.0] * LATENT_CHANNELS),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+        if clip else None,
+        image_encoder=encoder,
+        transformer=transformer(),
+        transformer_2=transformer() if boundary_ratio is not None else None,
+        boundary_ratio=boundary_ratio,
+    ).save_pretrained(directory)
+
+
+def _wan22_i2v(directory: Path, **transformer_config) -> None:
+    _wan_i2v(directory, WAN22_I2V_BOUNDARY_RATIO, clip=False, **transformer_config)
+
+
+BUILDERS = {"wan": _wan, "wan2.2": _wan22, "wan2.2-ti2v": _wan22_ti2v, "wan2.1-i2v": _wan_i2v,
+            "wan2.2-i2v": _wan22_i2v, "cogvideox": _cogvideox, "hunyuanvideo": _hunyuanvideo}
 
 
 def make_tiny_checkpoint(kind: str, directory: Path, seed: int = 0, **transformer_config) -> Path:

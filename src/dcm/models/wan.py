@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,7 +29,7 @@ WAN_TIMESTEP_LAYERS = ("condition_embedder.time_embedder", "condition_embedder.t
 
 
 def wan_velocity(transformer: nn.Module, latents: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor,
-                 token_patch: tuple[int, int, int] | None = None) -> torch.Tensor:
+                 token_patch: tuple[int, int, int] | None = None, image: torch.Tensor | None = None) -> torch.Tensor:
     """A Wan transformer as a velocity model: timestep ``1000 * sigma`` per sample, or with ``token_patch``
     (the patch size of a model whose pipeline expands timesteps, Wan2.2-TI2V-5B) per token, as
     ``WanPipeline`` passes it."""
@@ -37,7 +38,24 @@ def wan_velocity(transformer: nn.Module, latents: torch.Tensor, sigma: torch.Ten
         _, _, frames, height, width = latents.shape
         pt, ph, pw = token_patch
         t = t[:, None].expand(-1, (frames // pt) * (height // ph) * (width // pw))
+    if image is not None:  # Wan2.1-I2V's CLIP image tokens
+        return transformer(latents, t, text.to(latents.dtype), image.to(latents.dtype), return_dict=False)[0]
     return transformer(latents, t, text.to(latents.dtype), return_dict=False)[0]
+
+
+def pack_rows(values: torch.Tensor, width: int) -> torch.Tensor:
+    """``(B, ...)`` values flattened into zero-padded rows ``(B, rows, width)``, to ride in a conditioning tensor."""
+    flat = values.flatten(1)
+    rows = -(-flat.shape[1] // width)
+    return torch.nn.functional.pad(flat, (0, rows * width - flat.shape[1])).view(len(values), rows, width)
+
+
+def unpack_rows(rows: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """The inverse of :func:`pack_rows` for values of ``shape`` per sample."""
+    numel = 1
+    for size in shape:
+        numel *= size
+    return rows.flatten(1)[:, :numel].view(len(rows), *shape)
 
 
 def expands_timesteps(path: Path) -> bool:
@@ -141,12 +159,14 @@ class WanBackbone(Backbone):
     timestep_layers = WAN_TIMESTEP_LAYERS
     block_lists = ("blocks",)
     expand_timesteps = False
+    image_encoder = image_processor = None
 
     def __init__(self, transformer, vae, text_encoder, tokenizer, max_sequence_length: int | None = None,
-                 expand_timesteps: bool = False):
+                 expand_timesteps: bool = False, image_encoder=None, image_processor=None):
         self.transformer, self.vae, self.text_encoder, self.tokenizer = transformer, vae, text_encoder, tokenizer
         self.max_sequence_length = max_sequence_length or self.default_max_sequence_length
         self.expand_timesteps = expand_timesteps  # a timestep per token (Wan2.2-TI2V-5B's pipeline)
+        self.image_encoder, self.image_processor = image_encoder, image_processor  # Wan2.1-I2V's CLIP
 
     @classmethod
     def check(cls, path: str | Path) -> Path:
@@ -171,6 +191,12 @@ class WanBackbone(Backbone):
         if boundary is not None:
             transformer = TwoExpertTransformer(transformer, WanTransformer3DModel.from_pretrained(path / "transformer_2"),
                                                boundary)
+        image_encoder = image_processor = None
+        if (path / "image_encoder").exists():  # Wan2.1-I2V: CLIP image tokens in every cross-attention
+            from transformers import CLIPImageProcessor, CLIPVisionModel
+
+            image_encoder = CLIPVisionModel.from_pretrained(path / "image_encoder").eval().requires_grad_(False)
+            image_processor = CLIPImageProcessor.from_pretrained(path / "image_processor")
         return cls(
             transformer,
             AutoencoderKLWan.from_pretrained(path / "vae").eval().requires_grad_(False),
@@ -178,6 +204,8 @@ class WanBackbone(Backbone):
             AutoTokenizer.from_pretrained(path / "tokenizer"),
             max_sequence_length,
             expands_timesteps(path),
+            image_encoder,
+            image_processor,
         )
 
     @torch.no_grad()
@@ -208,13 +236,68 @@ class WanBackbone(Backbone):
         return (cfg.z_dim, (frames - 1) // cfg.scale_factor_temporal + 1,
                 height // cfg.scale_factor_spatial, width // cfg.scale_factor_spatial)
 
+    # ---- image to video (Wan2.1-I2V, Wan2.2-I2V-A14B) --------------------------------------------
+    @property
+    def condition_channels(self) -> int:
+        """Channels the transformer takes beside the noisy latent (the first-frame mask and the image
+        latent of an image-to-video model); 0 for text to video."""
+        cfg = self.teacher_expert().config
+        return cfg.in_channels - cfg.out_channels
+
+    @torch.no_grad()
+    def condition_on_images(self, text: torch.Tensor, images: list[np.ndarray], frames: int) -> torch.Tensor:
+        """The conditioning of an image-to-video model: ``text`` ``(B, L, D)`` followed by rows holding, as
+        WanImageToVideoPipeline builds them, the first-frame mask and the VAE latent of each image (uint8
+        ``(H, W, 3)``, the video's size) followed by ``frames - 1`` black frames, and (Wan2.1-I2V) the
+        penultimate CLIP hidden states of the image."""
+        if not self.condition_channels or self.expand_timesteps:
+            raise BackboneError("condition_on_images: this checkpoint takes no image condition (its transformer's "
+                                "in_channels equal its out_channels) or gives each token its own timestep "
+                                "(TI2V-5B, not built yet)")
+        pixels = torch.stack([torch.from_numpy(np.ascontiguousarray(i)).permute(2, 0, 1) for i in images]).float()
+        pixels = pixels.to(text.device) / 127.5 - 1.0
+        b, _, height, width = pixels.shape
+        video = torch.cat([pixels[:, :, None], pixels.new_zeros(b, 3, frames - 1, height, width)], dim=2)
+        latent = self.encode_video(video)
+        _, _, _, h, w = latent.shape
+        t_scale = self.vae.config.scale_factor_temporal
+        mask = torch.zeros(b, 1, frames, h, w, device=latent.device)
+        mask[:, :, 0] = 1
+        mask = torch.cat([mask[:, :, :1].repeat_interleave(t_scale, dim=2), mask[:, :, 1:]], dim=2)
+        mask = mask.view(b, -1, t_scale, h, w).transpose(1, 2)  # (B, 4, T, h, w): the first latent frame is the image
+        parts = [text, pack_rows(torch.cat([mask, latent], dim=1).to(text.dtype), text.shape[-1])]
+        if self.image_encoder is not None:
+            inputs = self.image_processor(images=list(images), return_tensors="pt").to(text.device)
+            clip = self.image_encoder(**inputs, output_hidden_states=True).hidden_states[-2]
+            parts.append(torch.nn.functional.pad(clip, (0, text.shape[-1] - clip.shape[-1])).to(text.dtype))
+        return torch.cat(parts, dim=1)
+
+    def _split(self, conditioning: torch.Tensor, latents: torch.Tensor):
+        """(text, image condition, CLIP tokens) of a conditioning tensor (see :meth:`condition_on_images`)."""
+        text_tokens, channels = self.max_sequence_length, self.condition_channels
+        if conditioning.shape[1] == text_tokens or not channels:
+            return conditioning[:, :text_tokens], None, None
+        shape = (channels, *latents.shape[2:])
+        rows = pack_rows(torch.zeros(1, *shape), conditioning.shape[-1]).shape[1]
+        condition = unpack_rows(conditioning[:, text_tokens:text_tokens + rows], shape)
+        clip = conditioning[:, text_tokens + rows:]
+        image_dim = self.teacher_expert().config.image_dim
+        return conditioning[:, :text_tokens], condition, (clip[..., :image_dim] if clip.shape[1] else None)
+
     def velocity(self, transformer, latents, sigma, text):
-        return wan_velocity(transformer, latents, sigma, text, self.patch_size() if self.expand_timesteps else None)
+        text, condition, clip = self._split(text, latents)
+        if condition is not None:
+            latents = torch.cat([latents, condition.to(latents.dtype)], dim=1)
+        return wan_velocity(transformer, latents, sigma, text, self.patch_size() if self.expand_timesteps else None,
+                            clip)
 
     def guided_velocity(self, transformer: nn.Module, cond: torch.Tensor, uncond: torch.Tensor | None,
                         guidance_scale: float, guidance_scale_2: float | None = None) -> VelocityFn:
         """A two-expert teacher guides with ``guidance_scale`` where ``transformer`` runs and with
-        ``guidance_scale_2`` (None: the same) where ``transformer_2`` does, per sample."""
+        ``guidance_scale_2`` (None: the same) where ``transformer_2`` does, per sample. An image-to-video
+        model's unconditional branch keeps the image (the text alone is dropped), as the stock pipeline."""
+        if uncond is not None and uncond.shape[1] < cond.shape[1]:
+            uncond = torch.cat([uncond, cond[:, uncond.shape[1]:]], dim=1)
         if not isinstance(transformer, TwoExpertTransformer) or guidance_scale_2 in (None, guidance_scale):
             return super().guided_velocity(transformer, cond, uncond, guidance_scale)
 
