@@ -60,3 +60,17 @@ def test_a_text_to_video_checkpoint_takes_no_image_condition(tmp_path):
     frames, height, width = VIDEO_SHAPES["wan"]
     with pytest.raises(BackboneError, match="takes no image condition"):
         teacher.condition_on_images(teacher.encode_prompts([PROMPT]), [_image(height, width)], frames)
+
+
+def test_a_model_index_naming_a_missing_image_encoder_is_one_line_before_loading(tmp_path, monkeypatch):
+    import shutil
+
+    from dcm.models.wan import WanBackbone
+
+    checkpoint = make_tiny_checkpoint("wan2.1-i2v", tmp_path / "i2v")
+    shutil.rmtree(checkpoint / "image_encoder")
+    loaded = []
+    monkeypatch.setattr("diffusers.WanTransformer3DModel.from_pretrained", lambda *a, **k: loaded.append(a))
+    with pytest.raises(BackboneError, match=r"WanImageToVideoPipeline .*missing .*image_encoder") as err:
+        WanBackbone.from_pretrained(checkpoint)
+    assert "\n" not in str(err.value) and not loaded

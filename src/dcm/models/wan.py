@@ -170,10 +170,17 @@ class WanBackbone(Backbone):
 
     @classmethod
     def check(cls, path: str | Path) -> Path:
-        """As :meth:`Backbone.check`, and a two-expert checkpoint must hold its ``transformer_2`` too."""
+        """As :meth:`Backbone.check`, and every component its ``model_index.json`` names must be there (a
+        two-expert checkpoint's ``transformer_2``, an I2V checkpoint's ``image_encoder``)."""
         path = Path(path)
         if path.is_dir() and expert_boundary(path) is not None:
-            return check_model_dir(path, (*cls.subfolders, "transformer_2"), "two-expert Wan2.2", cls.source_hint)
+            check_model_dir(path, (*cls.subfolders, "transformer_2"), "two-expert Wan2.2", cls.source_hint)
+        index_file = path / "model_index.json"
+        if path.is_dir() and index_file.exists():
+            named = [k for k, v in json.loads(index_file.read_text()).items()
+                     if isinstance(v, list) and len(v) == 2 and v[0] is not None and k != "scheduler"]
+            kind = json.loads(index_file.read_text()).get("_class_name", "Wan")
+            check_model_dir(path, named, f"{kind} (as its model_index.json names)", cls.source_hint)
         return super().check(path)
 
     @classmethod
