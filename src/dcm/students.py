@@ -17,7 +17,6 @@ trained with, and the error names the key that differs and the stage to rerun.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field

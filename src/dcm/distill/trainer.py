@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from pathlib import Path
 
 import torch
 from accelerate import Accelerator
