@@ -172,16 +172,17 @@ class WanBackbone(Backbone):
     def check(cls, path: str | Path) -> Path:
         """As :meth:`Backbone.check`, and every component its ``model_index.json`` names must be there (a
         two-expert checkpoint's ``transformer_2``, an I2V checkpoint's ``image_encoder``)."""
-        path = Path(path)
-        if path.is_dir() and expert_boundary(path) is not None:
+        path = super().check(path)
+        if expert_boundary(path) is not None:
             check_model_dir(path, (*cls.subfolders, "transformer_2"), "two-expert Wan2.2", cls.source_hint)
         index_file = path / "model_index.json"
-        if path.is_dir() and index_file.exists():
-            named = [k for k, v in json.loads(index_file.read_text()).items()
-                     if isinstance(v, list) and len(v) == 2 and v[0] is not None and k != "scheduler"]
-            kind = json.loads(index_file.read_text()).get("_class_name", "Wan")
-            check_model_dir(path, named, f"{kind} (as its model_index.json names)", cls.source_hint)
-        return super().check(path)
+        if index_file.exists():
+            index = json.loads(index_file.read_text())
+            named = [k for k, v in index.items() if isinstance(v, list) and len(v) == 2 and v[0] is not None
+                     and k not in (*cls.subfolders, "scheduler")]
+            check_model_dir(path, named, f"{index.get('_class_name', 'Wan')} (as its model_index.json names)",
+                            cls.source_hint)
+        return path
 
     @classmethod
     def expert_boundary(cls, path: str | Path) -> float | None:
