@@ -146,3 +146,21 @@ def prompts_workspace(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     return prompts
+
+
+def run_dcm_stages(params) -> tuple[dict, dict]:
+    """What ``dvc repro`` runs for DCM on a real backbone: teacher (a link), trajectories, validation set,
+    both experts, sampling and evaluation; returns the sample stage's latency and the metrics."""
+    from dcm.stages.distill import run_distill
+    from dcm.stages.evaluate import run_evaluate
+    from dcm.stages.sample import run_sample
+    from dcm.stages.teacher import run_teacher
+    from dcm.stages.trajectories import run_trajectories
+    from dcm.stages.validation import run_validation
+
+    run_teacher(params)
+    run_trajectories(params)
+    run_validation(params)
+    run_distill(params, "semantic")
+    run_distill(params, "detail")
+    return run_sample(params), run_evaluate(params)

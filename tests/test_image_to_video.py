@@ -6,7 +6,9 @@ pipeline; built as tiny random checkpoints with diffusers' own classes."""
 import numpy as np
 import pytest
 import torch
-from tiny_checkpoints import VIDEO_SHAPES, make_tiny_checkpoint
+from tiny_checkpoints import VIDEO_SHAPES, make_tiny_checkpoint, run_stock_wan_pipeline
+
+from conftest import run_dcm_stages, tiny_wan_params
 
 from dcm import flow
 from dcm.models import BackboneError, load_backbone
@@ -74,3 +76,84 @@ def test_a_model_index_naming_a_missing_image_encoder_is_one_line_before_loading
     with pytest.raises(BackboneError, match=r"WanImageToVideoPipeline .*missing .*image_encoder") as err:
         WanBackbone.from_pretrained(checkpoint)
     assert "\n" not in str(err.value) and not loaded
+
+
+def _prompt_table(folder, size: tuple[int, int], rows=((PROMPT, "red.png", 0), ("a blue square moving up", "blue.png", 1))):
+    """A .csv prompt set pairing each prompt with an image file (paths relative to the table)."""
+    from PIL import Image
+
+    lines = ["text,image"]
+    for text, name, seed in rows:
+        Image.fromarray(_image(size[1], size[0], seed)).save(folder / name)
+        lines.append(f"{text},{name}")
+    (folder / "prompts.csv").write_text("\n".join(lines) + "\n")
+    return folder / "prompts.csv"
+
+
+@pytest.mark.parametrize("kind", ["wan2.2-i2v", "wan2.1-i2v"])
+def test_an_image_to_video_teacher_is_distilled_sampled_and_exported_from_a_prompt_set_with_images(
+        kind, tmp_path, prompts_workspace):
+    """Wan2.2-I2V-A14B's and Wan2.1-I2V's layouts through the stages: trajectories and validation conditioned
+    on each prompt's image, both experts, dcm@4 and the teacher, teacher fidelity, and a stock
+    WanImageToVideoPipeline export that reproduces dcm's sampler on the stock schedule."""
+    from dcm.data.prompts import load_prompt_images
+    from dcm.export import export_wan_pipeline
+    from dcm.guidance import initial_noise
+    from dcm.layout import Layout
+    from dcm.sampling import sample
+    from dcm.students import load_sampler
+
+    checkpoint = make_tiny_checkpoint(kind, tmp_path / "i2v")
+    frames, height, width = VIDEO_SHAPES[kind]
+    prompts = _prompt_table(tmp_path, (width, height))
+    params = tiny_wan_params(checkpoint, kind, prompts, {
+        "flow": {"steps": 8}, "boundary": 2,  # shift 17: Wan2.2-I2V's switch (t 900) between grid points 2 and 3
+        "sample": {"methods": ["teacher", "dcm"], "steps": [4]}})
+    latency, metrics = run_dcm_stages(params)
+    assert set(latency) == {"teacher@8", "dcm@4"} and "psnr_vs_teacher" in metrics["dcm@4"]
+
+    out = export_wan_pipeline(params, steps=4)
+    backbone = load_backbone(Layout().teacher_model)
+
+    backbone.use_images(load_prompt_images(params, "sample.prompt_file", str(prompts), Layout().teacher_model), frames)
+    shape = backbone.latent_shape(frames, height, width)
+    stock = run_stock_wan_pipeline(out, initial_noise([3], shape), params.model, PROMPT, 4, tmp_path,
+                                   image=tmp_path / "red.png")
+    sampler = load_sampler("dcm", 4, backbone, params.with_overrides({"sample": {"schedule": "stock"}}))
+    ours = sample(sampler, backbone, [PROMPT], [3], shape)
+    print(f"I2V export vs dcm on the stock schedule: max |diff| = {(stock['latents'] - ours).abs().max():.3g}")
+    assert (stock["latents"] - ours).abs().max().item() <= 1e-4
+    assert stock["ran"][0] == "transformer" and stock["ran"][-1] == "transformer_2"
+    assert (out / "image_encoder").exists() == (kind == "wan2.1-i2v")
+
+
+def test_image_to_video_bad_input_is_one_line_before_the_teacher_loads(tmp_path, prompts_workspace, monkeypatch):
+    from dcm.data.prompts import PromptError
+    from dcm.stages.teacher import run_teacher
+    from dcm.stages.trajectories import run_trajectories
+
+    i2v = make_tiny_checkpoint("wan2.2-i2v", tmp_path / "i2v")
+    t2v = make_tiny_checkpoint("wan", tmp_path / "t2v")
+    frames, height, width = VIDEO_SHAPES["wan2.2-i2v"]
+    table = _prompt_table(tmp_path, (width, height))
+    loaded = []
+    monkeypatch.setattr("dcm.models.WanBackbone.from_pretrained", lambda *a, **k: loaded.append(a))
+    cases = [
+        (i2v, prompts_workspace, r"gives no images, and the teacher in .* is image-to-video"),
+        (t2v, table, r"gives images, and the teacher in .* is text-to-video"),
+    ]
+    for checkpoint, prompt_file, message in cases:
+        params = tiny_wan_params(checkpoint, "wan2.2-i2v", prompt_file, {})
+        run_teacher(params)
+        with pytest.raises(PromptError, match=message) as err:
+            run_trajectories(params)
+        assert "\n" not in str(err.value)
+    params = tiny_wan_params(i2v, "wan2.2-i2v", table, {})
+    run_teacher(params)
+    _prompt_table(tmp_path, (width + 8, height))  # the images at another size
+    with pytest.raises(PromptError, match=r"red.png is 40x32; the video is 32x32 .*resize it"):
+        run_trajectories(params)
+    (tmp_path / "red.png").unlink()
+    with pytest.raises(PromptError, match=r"row 1: image .*red.png does not exist"):
+        run_trajectories(params)
+    assert not loaded and not (tmp_path / "artifacts/trajectories").exists()

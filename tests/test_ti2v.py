@@ -9,18 +9,12 @@ import pytest
 import torch
 from tiny_checkpoints import TI2V_LATENT_CHANNELS, VIDEO_SHAPES, make_tiny_checkpoint, run_stock_wan_pipeline
 
-from conftest import tiny_wan_params
+from conftest import run_dcm_stages, tiny_wan_params
 from dcm.export import export_wan_pipeline
 from dcm.guidance import initial_noise
 from dcm.layout import Layout
 from dcm.models import load_backbone
 from dcm.sampling import sample
-from dcm.stages.distill import run_distill
-from dcm.stages.evaluate import run_evaluate
-from dcm.stages.sample import run_sample
-from dcm.stages.teacher import run_teacher
-from dcm.stages.trajectories import run_trajectories
-from dcm.stages.validation import run_validation
 from dcm.students import load_sampler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -57,14 +51,9 @@ def test_a_ti2v_teacher_runs_every_stage_and_exports_a_stock_pipeline_that_match
     frames, height, width = VIDEO_SHAPES["wan2.2-ti2v"]
     params = tiny_wan_params(ti2v, "wan2.2-ti2v", prompts, {
         "flow": {"steps": 8}, "boundary": 4, "sample": {"methods": ["teacher", "dcm"], "steps": [4]}})
-    run_teacher(params)
-    run_trajectories(params)
+    latency, metrics = run_dcm_stages(params)
     assert json.loads((Layout().trajectories / "manifest.json").read_text())["spec"]["shape"] == [48, 2, 4, 4]
-    run_validation(params)
-    run_distill(params, "semantic")
-    run_distill(params, "detail")
-    assert set(run_sample(params)) == {"teacher@8", "dcm@4"}
-    assert "psnr_vs_teacher" in run_evaluate(params)["dcm@4"]
+    assert set(latency) == {"teacher@8", "dcm@4"} and "psnr_vs_teacher" in metrics["dcm@4"]
 
     out = export_wan_pipeline(params, steps=4)
     assert json.loads((out / "model_index.json").read_text())["expand_timesteps"] is True

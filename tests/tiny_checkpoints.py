@@ -229,25 +229,34 @@ def make_tiny_checkpoint(kind: str, directory: Path, seed: int = 0, **transforme
 STOCK_WAN_SCRIPT = """
 import sys
 import torch
-from diffusers import WanPipeline
+from diffusers import WanImageToVideoPipeline, WanPipeline
+from PIL import Image
 
-directory, latents, out, frames, height, width, prompt, steps = sys.argv[1:]
-pipe = WanPipeline.from_pretrained(directory)
+directory, latents, out, frames, height, width, prompt, steps, image = sys.argv[1:]
+pipeline = WanImageToVideoPipeline if image else WanPipeline
+pipe = pipeline.from_pretrained(directory)
+# WanImageToVideoPipeline (diffusers 0.42.1) cleans prompts with ftfy unguarded; its text encoding is
+# WanPipeline's, which runs without ftfy installed
+embeds = WanPipeline._get_t5_prompt_embeds(pipe, prompt, max_sequence_length=512)  # __call__ default
+extra = {"image": Image.open(image), "prompt_embeds": embeds} if image else {"prompt": prompt}
 ran = []
 for name in ("transformer", "transformer_2"):
     getattr(pipe, name).register_forward_pre_hook(lambda *_, name=name: ran.append(name))
-latents = pipe(prompt, num_inference_steps=int(steps), guidance_scale=1.0, num_frames=int(frames),
-               height=int(height), width=int(width), latents=torch.load(latents), output_type="latent").frames
+latents = pipe(num_inference_steps=int(steps), guidance_scale=1.0, num_frames=int(frames),
+               height=int(height), width=int(width), latents=torch.load(latents), output_type="latent", **extra).frames
 assert "dcm" not in sys.modules, "the exported pipeline must load without dcm"
 torch.save({"latents": latents, "ran": ran, "sigmas": pipe.scheduler.sigmas.tolist()}, out)
 """
 
 
-def run_stock_wan_pipeline(directory: Path, noise, model, prompt: str, steps: int, work: Path) -> dict:
+def run_stock_wan_pipeline(directory: Path, noise, model, prompt: str, steps: int, work: Path,
+                           image: Path | None = None) -> dict:
     """The exported ``directory`` run by stock diffusers alone in a fresh process (``model``: the params'
-    model section for the video size): its latents, the transformer each step ran, its sigmas."""
+    model section for the video size; ``image``: an image-to-video pipeline's first frame): its latents,
+    the transformer each step ran, its sigmas."""
     torch.save(noise, work / "noise.pt")
     subprocess.run([sys.executable, "-c", STOCK_WAN_SCRIPT, str(directory), str(work / "noise.pt"),
-                    str(work / "stock.pt"), str(model.frames), str(model.height), str(model.width), prompt, str(steps)],
+                    str(work / "stock.pt"), str(model.frames), str(model.height), str(model.width), prompt, str(steps),
+                    str(image or "")],
                    check=True, cwd=work, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return torch.load(work / "stock.pt")

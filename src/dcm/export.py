@@ -164,7 +164,7 @@ def export_wan_pipeline(params: Params, layout: Layout = Layout(), out_dir: Path
                         steps: int = 4) -> Path:
     """Write the DCM student of a Wan backbone as a ``diffusers.WanPipeline`` directory (see the module
     docstring for what it runs); everything is checked before any weights are loaded."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanPipeline
 
     _check_backbone(params, "pipeline")
     if steps < 1:
@@ -200,7 +200,7 @@ def export_wan_pipeline(params: Params, layout: Layout = Layout(), out_dir: Path
     except SamplingError as err:
         dcm, why = None, str(err)
     info = {
-        "format": "WanPipeline", "steps": steps, "boundary": b, "flow_steps": n, "shift": shift,
+        "format": "WanImageToVideoPipeline" if backbone.condition_channels else "WanPipeline", "steps": steps, "boundary": b, "flow_steps": n, "shift": shift,
         "boundary_sigma": boundary_sigma, "boundary_ratio": ratio, "boundary_epsilon": BOUNDARY_EPSILON,
         "expand_timesteps": backbone.expand_timesteps,
         "semantic_kind": semantic_kind, "detail_kind": kind, "max_sequence_length": backbone.max_sequence_length,
@@ -210,9 +210,14 @@ def export_wan_pipeline(params: Params, layout: Layout = Layout(), out_dir: Path
         "dcm_experts": None if dcm is None else _experts(dcm, lambda s: s <= boundary_sigma, detail is not None),
         "params": params.model_dump(mode="json"),
     }
-    pipe = WanPipeline(tokenizer=backbone.tokenizer, text_encoder=backbone.text_encoder, vae=backbone.vae,
-                       scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), transformer=semantic,
-                       transformer_2=detail, boundary_ratio=ratio, expand_timesteps=backbone.expand_timesteps)
+    parts = dict(tokenizer=backbone.tokenizer, text_encoder=backbone.text_encoder, vae=backbone.vae,
+                 scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), transformer=semantic, transformer_2=detail,
+                 boundary_ratio=ratio, expand_timesteps=backbone.expand_timesteps)
+    if backbone.condition_channels:  # image to video: the stock pipeline that builds the same image condition
+        pipe = WanImageToVideoPipeline(**parts, image_encoder=backbone.image_encoder,
+                                       image_processor=backbone.image_processor)
+    else:
+        pipe = WanPipeline(**parts)
     with _atomic_dir(out_dir) as tmp:
         pipe.save_pretrained(tmp)
         write_json(tmp / "dcm_export.json", info)
@@ -238,14 +243,18 @@ def _pipeline_readme(out_dir: Path, params: Params, info: dict) -> str:
                "exactly the boundary runs the detail expert, as in dcm."
                if info["boundary_ratio"] is not None else
                "One transformer (ablation.od = false: one vanilla student for every step), no boundary.")
-    return f"""# DCM student as a stock diffusers `WanPipeline`
+    pipeline = info["format"]
+    image = ('image=load_image("first_frame.png"), ' if pipeline == "WanImageToVideoPipeline" else "")
+    imports = ("# WanImageToVideoPipeline (diffusers 0.42.1) needs `pip install ftfy` for text prompts\n"
+               "from diffusers.utils import load_image\n" if image else "")
+    return f"""# DCM student as a stock diffusers `{pipeline}`
 
 ```python
 import torch
-from diffusers import WanPipeline
-pipe = WanPipeline.from_pretrained("{out_dir}", torch_dtype=torch.bfloat16).to("cuda")
-video = pipe("a cat surfing a wave", num_inference_steps={k}, guidance_scale=1.0, num_frames={m.frames},
-             height={m.height}, width={m.width}{seq}).frames[0]
+from diffusers import {pipeline}
+{imports}pipe = {pipeline}.from_pretrained("{out_dir}", torch_dtype=torch.bfloat16).to("cuda")
+video = pipe({image}prompt="a cat surfing a wave", num_inference_steps={k}, guidance_scale=1.0,
+             num_frames={m.frames}, height={m.height}, width={m.width}{seq}).frames[0]
 ```
 
 {experts} Keep `guidance_scale=1.0`: the students learned the CFG-guided teacher, so any higher

@@ -2,7 +2,9 @@
 
 A prompt source is a path to a text file (one prompt per line), ``vbench`` (every prompt of the
 suite shipped in the ``vbench`` package, ``VBench_full_info.json``) or ``vbench:<dimension>``
-(the prompts VBench uses for one dimension, e.g. ``vbench:temporal_flickering``).
+(the prompts VBench uses for one dimension, e.g. ``vbench:temporal_flickering``). An image-to-video
+model's prompt set is a ``.csv`` or ``.jsonl`` file with a ``text`` and an ``image`` column (the
+image's path, relative to the file), one image per distinct prompt.
 """
 
 from __future__ import annotations
@@ -46,9 +48,12 @@ def read_prompts(source: str, toy_grammar: bool = False) -> list[str]:
         path = Path(source)
         if not path.is_file():
             raise PromptError(f"prompt file {path} does not exist (give a text file with one prompt per line, "
-                              f"'{VBENCH}' or '{VBENCH}:<dimension>')")
-        numbered = [(f"prompt file {path}, line {n}", line.strip())
-                    for n, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
+                              f"a .csv or .jsonl with text and image columns, '{VBENCH}' or '{VBENCH}:<dimension>')")
+        if path.suffix in TABLES:
+            numbered = [(f"prompt file {path}, row {n}", row["text"]) for n, row in enumerate(_rows(path), start=1)]
+        else:
+            numbered = [(f"prompt file {path}, line {n}", line.strip())
+                        for n, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
         if not numbered:
             raise PromptError(f"prompt file {path} holds no prompts")
     if toy_grammar:
@@ -59,6 +64,72 @@ def read_prompts(source: str, toy_grammar: bool = False) -> list[str]:
                 raise PromptError(f"{where}: {err}; the tiny backbone (model.backbone = 'tiny') knows only the toy "
                                   "world's prompts: use prompts of that form, or a real backbone") from None
     return [prompt for _, prompt in numbered]
+
+
+TABLES = (".csv", ".jsonl")
+
+
+def _rows(path: Path) -> list[dict]:
+    """The rows of a .csv or .jsonl prompt file, each with its ``text``."""
+    import csv
+
+    if path.suffix == ".csv":
+        with path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    else:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for n, row in enumerate(rows, start=1):
+        if not str(row.get("text") or "").strip():
+            raise PromptError(f"prompt file {path}, row {n}: no text (columns: text, and image for image-to-video)")
+    return rows
+
+
+def prompt_images(source: str | None) -> dict[str, Path]:
+    """``{prompt: image path}`` of a prompt file with an ``image`` column (paths relative to the file),
+    checked to exist; empty for any other source."""
+    if not source or is_vbench_suite(source) or Path(source).suffix not in TABLES:
+        return {}
+    path = Path(source)
+    images: dict[str, Path] = {}
+    for n, row in enumerate(_rows(path), start=1):
+        if not row.get("image"):
+            continue
+        image = (path.parent / row["image"]).resolve()
+        if not image.is_file():
+            raise PromptError(f"prompt file {path}, row {n}: image {image} does not exist")
+        if images.get(row["text"], image) != image:
+            raise PromptError(f"prompt file {path}, row {n}: the prompt {row['text']!r} has another image in an "
+                              "earlier row; give each distinct prompt one image")
+        images[row["text"]] = image
+    return images
+
+
+def load_prompt_images(params: Params, key: str, source: str | None, teacher_dir: Path) -> dict:
+    """The images of the prompt source ``source`` (the param ``key``) as uint8 arrays, checked before the
+    teacher loads: an image-to-video teacher needs one per prompt at the video's size, a text-to-video
+    teacher takes none."""
+    import numpy as np
+    from PIL import Image
+
+    from dcm.models import teacher_takes_images
+
+    images, takes = prompt_images(source), teacher_takes_images(teacher_dir)
+    if takes and not images:
+        raise PromptError(f"{key} = {source!r} gives no images, and the teacher in {teacher_dir} is image-to-video: "
+                          "give a .csv or .jsonl prompt file with text and image columns")
+    if images and not takes:
+        raise PromptError(f"{key} = {source!r} gives images, and the teacher in {teacher_dir} is text-to-video (its "
+                          "transformer takes no image condition): give a text-only prompt file, or an "
+                          "image-to-video model")
+    size = (params.model.width, params.model.height)
+    arrays = {}
+    for prompt, path in images.items():
+        with Image.open(path) as image:
+            if image.size != size:
+                raise PromptError(f"{key}: image {path} is {image.size[0]}x{image.size[1]}; the video is "
+                                  f"{size[0]}x{size[1]} (model.width x model.height): resize it")
+            arrays[prompt] = np.array(image.convert("RGB"))
+    return arrays
 
 
 def heldout_prompts(source: str | None, videos: int, seed: int, toy_grammar: bool = False) -> tuple[list[str],

@@ -72,7 +72,7 @@ class DataSource:
     def text(self, videos: torch.Tensor, gen: torch.Generator, empty: torch.Tensor) -> torch.Tensor:
         text = self.prompt_embeds[videos].float()
         dropped = torch.rand(len(videos), generator=gen) < self.caption_dropout
-        text[dropped] = empty.to("cpu", text.dtype)
+        text[dropped, :len(empty)] = empty.to("cpu", text.dtype)  # the text rows (an I2V image stays)
         return text
 
 

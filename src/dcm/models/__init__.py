@@ -69,6 +69,13 @@ def teacher_expert_boundary(path: str | Path) -> float | None:
     return backbone_class(info["kind"]).expert_boundary(info.get("path", path))
 
 
+def teacher_takes_images(path: str | Path) -> bool:
+    """Whether the teacher in directory ``path`` is an image-to-video model (:meth:`Backbone.takes_images`),
+    read before loading any weight."""
+    info = json.loads((Path(path) / META).read_text())
+    return backbone_class(info["kind"]).takes_images(info.get("path", path))
+
+
 def check_guidance_scale_2(path: str | Path, key: str, value: float | None) -> None:
     """Fail before loading when ``key`` (a CFG scale for ``transformer_2``) is set for a teacher with
     one transformer, which has nothing to apply it to."""
@@ -89,5 +96,5 @@ def write_backbone_link(directory: str | Path, kind: str, source: str | Path, **
 
 __all__ = ["BACKBONES", "Backbone", "BackboneError", "CogVideoXBackbone", "HunyuanVideoBackbone", "TeacherMismatchError",
            "TinyBackbone", "TwoExpertTransformer", "WanBackbone", "backbone_class", "build_tiny_backbone",
-           "check_guidance_scale_2", "check_model_dir", "check_teacher_dir", "load_backbone",
+           "check_guidance_scale_2", "check_model_dir", "teacher_takes_images", "check_teacher_dir", "load_backbone",
            "teacher_expert_boundary", "write_backbone_link"]

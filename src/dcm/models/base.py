@@ -87,6 +87,19 @@ class Backbone(ABC):
     guidance: ClassVar[str] = "cfg"
 
     transformer: nn.Module
+    #: an image-to-video model's images by prompt (:meth:`use_images`), which :meth:`encode_prompts` packs
+    prompt_images: dict[str, Any] | None = None
+
+    @property
+    def condition_channels(self) -> int:
+        """Channels the transformer takes beside the noisy latent (an image-to-video model's image
+        condition); 0 for text to video."""
+        return 0
+
+    def use_images(self, images: dict[str, Any], frames: int) -> None:
+        """Give an image-to-video model the image of each prompt (uint8 ``(H, W, 3)`` at the video's size),
+        for a video of ``frames`` frames: its conditioning then holds the image."""
+        raise BackboneError(f"{self.kind}: this backbone takes no images")
 
     @classmethod
     def check(cls, path: str | Path) -> Path:
@@ -98,6 +111,11 @@ class Backbone(ABC):
         """The timestep at which the checkpoint in ``path`` switches from its ``transformer`` to its
         ``transformer_2`` (a two-expert teacher, read before loading any weight); None: one transformer."""
         return None
+
+    @classmethod
+    def takes_images(cls, path: str | Path) -> bool:
+        """Whether the checkpoint in ``path`` is an image-to-video model (read before loading any weight)."""
+        return False
 
     @classmethod
     @abstractmethod

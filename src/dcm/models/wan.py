@@ -189,6 +189,13 @@ class WanBackbone(Backbone):
         return expert_boundary(Path(path))
 
     @classmethod
+    def takes_images(cls, path: str | Path) -> bool:
+        """An image-to-video checkpoint: its transformer takes more input channels than it puts out (the
+        first-frame mask and the image latent)."""
+        config = json.loads((Path(path) / "transformer" / "config.json").read_text())
+        return config["in_channels"] > config["out_channels"]
+
+    @classmethod
     def from_pretrained(cls, path: str | Path, max_sequence_length: int | None = None, **_) -> WanBackbone:
         from diffusers import AutoencoderKLWan, WanTransformer3DModel
         from transformers import AutoTokenizer, UMT5EncoderModel
@@ -218,7 +225,20 @@ class WanBackbone(Backbone):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        return encode_t5(self.tokenizer, self.text_encoder, prompts, self.max_sequence_length)
+        """T5 embeddings; once an image-to-video model has its images (:meth:`use_images`), its conditioning
+        also packs each prompt's image (:meth:`condition_on_images`); the empty prompt stays text only
+        (CFG's unconditional branch takes the image from the conditional one)."""
+        text = encode_t5(self.tokenizer, self.text_encoder, prompts, self.max_sequence_length)
+        if self.prompt_images is None or prompts == [""]:
+            return text
+        missing = [p for p in prompts if p not in (self.prompt_images or {})]
+        if missing:
+            raise BackboneError(f"no image for the prompt {missing[0]!r}: an image-to-video model needs one per "
+                                "prompt (a .csv or .jsonl prompt file with text and image columns)")
+        return self.condition_on_images(text, [self.prompt_images[p] for p in prompts], self.frames)
+
+    def use_images(self, images: dict[str, np.ndarray], frames: int) -> None:
+        self.prompt_images, self.frames = images, frames
 
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.vae.config
