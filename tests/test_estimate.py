@@ -365,7 +365,7 @@ def test_example_params_file_matches_the_shipped_model(name):
     assert (m.backbone, m.frames, m.height, m.width, m.max_sequence_length) == (
         info.backbone, info.frames, info.height, info.width, info.text_tokens)
     so_far = {"wan2.2-t2v-a14b": "Every stage runs this two-expert layout",
-              "wan2.2-ti2v-5b": "TEXT-TO-VIDEO SO FAR"}.get(name, "IMAGE TO VIDEO: every stage runs this layout")
+              "wan2.2-ti2v-5b": "TEXT-TO-VIDEO AS CONFIGURED"}.get(name, "IMAGE TO VIDEO: every stage runs this layout")
     assert so_far in path.read_text() and info.checkpoint.split("/")[1] in m.path
     if info.boundary_ratio is not None:
         grid = flow.sigma_grid(params.flow.steps, params.flow.shift)

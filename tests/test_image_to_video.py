@@ -23,7 +23,7 @@ def _image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("kind", ["wan2.1-i2v", "wan2.2-i2v"])
+@pytest.mark.parametrize("kind", ["wan2.1-i2v", "wan2.2-i2v", "wan2.2-ti2v"])
 def test_dcm_samples_an_image_to_video_teacher_exactly_as_the_stock_pipeline(kind, tmp_path):
     from diffusers import WanImageToVideoPipeline
     from PIL import Image
@@ -35,7 +35,8 @@ def test_dcm_samples_an_image_to_video_teacher_exactly_as_the_stock_pipeline(kin
     image = _image(height, width)
     text, empty = teacher.encode_prompts([PROMPT]), teacher.encode_prompts([""])
     conditioning = teacher.condition_on_images(text, [image], frames)
-    assert conditioning.shape[1] > text.shape[1] and teacher.condition_channels == 2 * shape[0]
+    assert conditioning.shape[1] > text.shape[1]
+    assert teacher.condition_channels == (0 if kind == "wan2.2-ti2v" else 2 * shape[0])
     noise = torch.randn(1, *shape, generator=torch.Generator().manual_seed(3))
 
     pipe = WanImageToVideoPipeline.from_pretrained(checkpoint)
@@ -90,11 +91,11 @@ def _prompt_table(folder, size: tuple[int, int], rows=((PROMPT, "red.png", 0), (
     return folder / "prompts.csv"
 
 
-@pytest.mark.parametrize("kind", ["wan2.2-i2v", "wan2.1-i2v"])
+@pytest.mark.parametrize("kind", ["wan2.2-i2v", "wan2.1-i2v", "wan2.2-ti2v"])
 def test_an_image_to_video_teacher_is_distilled_sampled_and_exported_from_a_prompt_set_with_images(
         kind, tmp_path, prompts_workspace):
-    """Wan2.2-I2V-A14B's and Wan2.1-I2V's layouts through the stages: trajectories and validation conditioned
-    on each prompt's image, both experts, dcm@4 and the teacher, teacher fidelity, and a stock
+    """Wan2.2-I2V-A14B's, Wan2.1-I2V's and TI2V-5B's layouts through the stages: trajectories and validation
+    conditioned on each prompt's image, both experts, dcm@4 and the teacher, teacher fidelity, and a stock
     WanImageToVideoPipeline export that reproduces dcm's sampler on the stock schedule."""
     from dcm.data.prompts import load_prompt_images
     from dcm.export import export_wan_pipeline
@@ -125,6 +126,9 @@ def test_an_image_to_video_teacher_is_distilled_sampled_and_exported_from_a_prom
     assert (stock["latents"] - ours).abs().max().item() <= 1e-4
     assert stock["ran"][0] == "transformer" and stock["ran"][-1] == "transformer_2"
     assert (out / "image_encoder").exists() == (kind == "wan2.1-i2v")
+    if kind == "wan2.2-ti2v":  # the first latent frame is the image's latent, as the stock pipeline writes it
+        first = backbone.encode_video(torch.from_numpy(_image(height, width)).permute(2, 0, 1)[None, :, None] / 127.5 - 1)
+        torch.testing.assert_close(ours[:, :, :1], first, rtol=1e-5, atol=1e-5)
 
 
 def test_image_to_video_bad_input_is_one_line_before_the_teacher_loads(tmp_path, prompts_workspace, monkeypatch):

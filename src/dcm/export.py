@@ -41,6 +41,7 @@ from torch import nn
 
 from dcm import flow
 from dcm.config import Params
+from dcm.data.prompts import prompt_images
 from dcm.errors import DcmError
 from dcm.experts import ParameterEfficientExpert
 from dcm.io import atomic_write_text, write_json
@@ -194,13 +195,15 @@ def export_wan_pipeline(params: Params, layout: Layout = Layout(), out_dir: Path
     grid = flow.sigma_grid(n, shift)
     boundary_sigma = float(grid[b])
     ratio = boundary_sigma + BOUNDARY_EPSILON if detail is not None else None
+    # an I2V model, or TI2V-5B sampled from images: WanImageToVideoPipeline (TI2V-5B from text: WanPipeline)
+    image_to_video = bool(backbone.condition_channels or prompt_images(params.sample.prompt_file))
     stock = stock_sigmas(steps, shift)
     try:
         dcm, why = [float(grid[i]) for i in schedule("dcm", steps, n, b)], None
     except SamplingError as err:
         dcm, why = None, str(err)
     info = {
-        "format": "WanImageToVideoPipeline" if backbone.condition_channels else "WanPipeline", "steps": steps, "boundary": b, "flow_steps": n, "shift": shift,
+        "format": "WanImageToVideoPipeline" if image_to_video else "WanPipeline", "steps": steps, "boundary": b, "flow_steps": n, "shift": shift,
         "boundary_sigma": boundary_sigma, "boundary_ratio": ratio, "boundary_epsilon": BOUNDARY_EPSILON,
         "expand_timesteps": backbone.expand_timesteps,
         "semantic_kind": semantic_kind, "detail_kind": kind, "max_sequence_length": backbone.max_sequence_length,
@@ -213,7 +216,7 @@ def export_wan_pipeline(params: Params, layout: Layout = Layout(), out_dir: Path
     parts = dict(tokenizer=backbone.tokenizer, text_encoder=backbone.text_encoder, vae=backbone.vae,
                  scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), transformer=semantic, transformer_2=detail,
                  boundary_ratio=ratio, expand_timesteps=backbone.expand_timesteps)
-    if backbone.condition_channels:  # image to video: the stock pipeline that builds the same image condition
+    if image_to_video:  # the stock pipeline that builds the same image condition
         pipe = WanImageToVideoPipeline(**parts, image_encoder=backbone.image_encoder,
                                        image_processor=backbone.image_processor)
     else:

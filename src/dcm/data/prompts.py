@@ -117,7 +117,7 @@ def load_prompt_images(params: Params, key: str, source: str | None, teacher_dir
     if takes and not images:
         raise PromptError(f"{key} = {source!r} gives no images, and the teacher in {teacher_dir} is image-to-video: "
                           "give a .csv or .jsonl prompt file with text and image columns")
-    if images and not takes:
+    if images and not teacher_takes_images(teacher_dir, optional=True):
         raise PromptError(f"{key} = {source!r} gives images, and the teacher in {teacher_dir} is text-to-video (its "
                           "transformer takes no image condition): give a text-only prompt file, or an "
                           "image-to-video model")

@@ -69,11 +69,13 @@ def teacher_expert_boundary(path: str | Path) -> float | None:
     return backbone_class(info["kind"]).expert_boundary(info.get("path", path))
 
 
-def teacher_takes_images(path: str | Path) -> bool:
-    """Whether the teacher in directory ``path`` is an image-to-video model (:meth:`Backbone.takes_images`),
-    read before loading any weight."""
+def teacher_takes_images(path: str | Path, optional: bool = False) -> bool:
+    """Whether the teacher in directory ``path`` is an image-to-video model (:meth:`Backbone.takes_images`;
+    ``optional``: or can be conditioned on images, :meth:`Backbone.accepts_images`), read before loading
+    any weight."""
     info = json.loads((Path(path) / META).read_text())
-    return backbone_class(info["kind"]).takes_images(info.get("path", path))
+    adapter = backbone_class(info["kind"])
+    return (adapter.accepts_images if optional else adapter.takes_images)(info.get("path", path))
 
 
 def check_guidance_scale_2(path: str | Path, key: str, value: float | None) -> None:

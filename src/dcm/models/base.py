@@ -118,6 +118,12 @@ class Backbone(ABC):
         return False
 
     @classmethod
+    def accepts_images(cls, path: str | Path) -> bool:
+        """Whether the checkpoint in ``path`` can be conditioned on images (an image-to-video model, or one
+        that does text and image to video alike)."""
+        return cls.takes_images(path)
+
+    @classmethod
     @abstractmethod
     def from_pretrained(cls, path: str | Path, **options) -> Backbone:
         """Load every part from a local directory (``options``: the adapter's loader settings)."""

@@ -196,6 +196,11 @@ class WanBackbone(Backbone):
         return config["in_channels"] > config["out_channels"]
 
     @classmethod
+    def accepts_images(cls, path: str | Path) -> bool:
+        """An I2V checkpoint, or TI2V-5B (text or image to video: the image becomes the first latent frame)."""
+        return cls.takes_images(path) or expands_timesteps(Path(path))
+
+    @classmethod
     def from_pretrained(cls, path: str | Path, max_sequence_length: int | None = None, **_) -> WanBackbone:
         from diffusers import AutoencoderKLWan, WanTransformer3DModel
         from transformers import AutoTokenizer, UMT5EncoderModel
@@ -278,12 +283,14 @@ class WanBackbone(Backbone):
         WanImageToVideoPipeline builds them, the first-frame mask and the VAE latent of each image (uint8
         ``(H, W, 3)``, the video's size) followed by ``frames - 1`` black frames, and (Wan2.1-I2V) the
         penultimate CLIP hidden states of the image."""
-        if not self.condition_channels or self.expand_timesteps:
+        if not self.condition_channels and not self.expand_timesteps:
             raise BackboneError("condition_on_images: this checkpoint takes no image condition (its transformer's "
-                                "in_channels equal its out_channels) or gives each token its own timestep "
-                                "(TI2V-5B, not built yet)")
+                                "in_channels equal its out_channels and its pipeline does not expand timesteps)")
         pixels = torch.stack([torch.from_numpy(np.ascontiguousarray(i)).permute(2, 0, 1) for i in images]).float()
         pixels = pixels.to(text.device) / 127.5 - 1.0
+        if self.expand_timesteps:  # TI2V-5B: the image's own latent becomes the first latent frame
+            latent = self.encode_video(pixels[:, :, None])
+            return torch.cat([text, pack_rows(latent.to(text.dtype), text.shape[-1])], dim=1)
         b, _, height, width = pixels.shape
         video = torch.cat([pixels[:, :, None], pixels.new_zeros(b, 3, frames - 1, height, width)], dim=2)
         latent = self.encode_video(video)
@@ -303,8 +310,12 @@ class WanBackbone(Backbone):
     def _split(self, conditioning: torch.Tensor, latents: torch.Tensor):
         """(text, image condition, CLIP tokens) of a conditioning tensor (see :meth:`condition_on_images`)."""
         text_tokens, channels = self.max_sequence_length, self.condition_channels
-        if conditioning.shape[1] == text_tokens or not channels:
+        if conditioning.shape[1] == text_tokens or not (channels or self.expand_timesteps):
             return conditioning[:, :text_tokens], None, None
+        if self.expand_timesteps:  # TI2V-5B: the first latent frame's latent
+            shape = (latents.shape[1], 1, *latents.shape[3:])
+            rows = pack_rows(torch.zeros(1, *shape), conditioning.shape[-1]).shape[1]
+            return conditioning[:, :text_tokens], unpack_rows(conditioning[:, text_tokens:text_tokens + rows], shape), None
         shape = (channels, *latents.shape[2:])
         rows = pack_rows(torch.zeros(1, *shape), conditioning.shape[-1]).shape[1]
         condition = unpack_rows(conditioning[:, text_tokens:text_tokens + rows], shape)
@@ -314,10 +325,29 @@ class WanBackbone(Backbone):
 
     def velocity(self, transformer, latents, sigma, text):
         text, condition, clip = self._split(text, latents)
+        if condition is not None and self.expand_timesteps:
+            return self._first_frame_velocity(transformer, latents, sigma, text, condition.to(latents.dtype))
         if condition is not None:
             latents = torch.cat([latents, condition.to(latents.dtype)], dim=1)
         return wan_velocity(transformer, latents, sigma, text, self.patch_size() if self.expand_timesteps else None,
                             clip)
+
+    def _first_frame_velocity(self, transformer, latents, sigma, text, first):
+        """TI2V-5B image to video, as WanImageToVideoPipeline runs it: the first latent frame is the image's
+        latent at timestep 0, every other token at ``1000 * sigma``. The first frame's velocity is the one
+        that carries it onto the image's latent at sigma 0 (``(x - image) / sigma``), so an Euler solve ends
+        on the image there, where the stock pipeline writes the image in after its loop; the transformer
+        never sees that frame of ``latents``."""
+        x = torch.cat([first, latents[:, :, 1:]], dim=2)
+        _, _, frames, height, width = latents.shape
+        pt, ph, pw = self.patch_size()
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=latents.device).expand(latents.shape[0])
+        per_frame = flow.timestep(sigma)[:, None].expand(-1, frames // pt).clone()
+        per_frame[:, 0] = 0.0
+        t = per_frame[:, :, None].expand(-1, -1, (height // ph) * (width // pw)).flatten(1)
+        v = transformer(x, t, text.to(latents.dtype), return_dict=False)[0]
+        image_v = (latents[:, :, :1] - first) / sigma.view(-1, 1, 1, 1, 1).to(latents.dtype)
+        return torch.cat([image_v, v[:, :, 1:]], dim=2)
 
     def guided_velocity(self, transformer: nn.Module, cond: torch.Tensor, uncond: torch.Tensor | None,
                         guidance_scale: float, guidance_scale_2: float | None = None) -> VelocityFn:
