@@ -164,3 +164,24 @@ def run_dcm_stages(params) -> tuple[dict, dict]:
     run_distill(params, "semantic")
     run_distill(params, "detail")
     return run_sample(params), run_evaluate(params)
+
+
+def random_image(height: int, width: int, seed: int = 0):
+    """A uint8 ``(H, W, 3)`` image of random pixels."""
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def image_prompt_table(folder: Path, size: tuple[int, int],
+                       rows=(("a red circle moving left", "red.png", 0), ("a blue square moving up", "blue.png", 1))):
+    """An image-to-video prompt set: ``prompts.csv`` pairing each prompt with an image file of ``size``
+    (width, height) beside it."""
+    from PIL import Image
+
+    lines = ["text,image"]
+    for text, name, seed in rows:
+        Image.fromarray(random_image(size[1], size[0], seed)).save(folder / name)
+        lines.append(f"{text},{name}")
+    (folder / "prompts.csv").write_text("\n".join(lines) + "\n")
+    return folder / "prompts.csv"

@@ -6,6 +6,7 @@ import json
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from dcm.data.video_dataset import SUMMARY
 from dcm.distill import objective
@@ -19,7 +20,7 @@ from dcm.stages.sample import run_sample
 from dcm.stages.validation import run_validation
 from tiny_checkpoints import VIDEO_SHAPES, make_tiny_checkpoint
 
-from conftest import MICRO_DISTILL, with_overrides
+from conftest import MICRO_DISTILL, image_prompt_table, with_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -110,12 +111,15 @@ def test_every_student_trains_on_the_toy_worlds_rendered_dataset_and_records_its
     assert "dcm@2" in latency
 
 
-def test_a_tiny_random_wan_learns_from_a_video_folder_with_a_fidelity_curve(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["wan", "wan2.2-i2v"])
+def test_a_tiny_random_wan_learns_from_a_video_folder_with_a_fidelity_curve(kind, tmp_path, monkeypatch):
+    """Text to video, and image to video with each video's first frame as its image (the validation set
+    from a prompt table with images)."""
     from dcm.config import parse_params
     from dcm.stages.teacher import run_teacher
 
-    frames, height, width = VIDEO_SHAPES["wan"]
-    checkpoint = make_tiny_checkpoint("wan", tmp_path / "checkpoint")
+    frames, height, width = VIDEO_SHAPES[kind]
+    checkpoint = make_tiny_checkpoint(kind, tmp_path / "checkpoint")
     _folder(tmp_path / "clips", frames, height, width)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -124,9 +128,20 @@ def test_a_tiny_random_wan_learns_from_a_video_folder_with_a_fidelity_curve(tmp_
                                    "width": width},
         "flow": {"steps": 4}, "boundary": 2, "semantic": {"steps": 4, "tc_lag": 1}, "sample": {"steps": [2]},
         "distill": {**MICRO_DISTILL["distill"], "source": "data", "validate_every": 2},
-        "dataset": {"path": str(tmp_path / "clips"), "shard_size": 2, "dtype": "float32"}})
+        "dataset": {"path": str(tmp_path / "clips"), "shard_size": 2, "dtype": "float32"},
+        **({"trajectories": {"prompt_file": str(image_prompt_table(tmp_path, (width, height)))}}
+           if kind == "wan2.2-i2v" else {})})
     run_teacher(params)
     assert run_dataset(params)["kept"] == 3
+    if kind == "wan2.2-i2v":  # each video's conditioning holds its own first frame
+        from dcm.data.video_frames import read_clip
+
+        teacher = load_backbone(Layout().teacher_model)
+        shard = load_file(str(sorted((tmp_path / "artifacts/data").glob("*.safetensors"))[0]))
+        first = ((read_clip(tmp_path / "clips/a.mp4", frames, height, width)[:, 0].permute(1, 2, 0) + 1) * 127.5)
+        want = teacher.condition_on_images(teacher.encode_prompts(["a red circle 0"]),
+                                           [first.round().clamp(0, 255).to(torch.uint8).numpy()], frames)
+        torch.testing.assert_close(shard["prompt_embeds"][:1], want, rtol=1e-5, atol=1e-5)
     run_validation(params)
     run_distill(params, "semantic")
     rows = pd.read_csv(Layout().student("semantic") / "validation.csv")

@@ -3,12 +3,11 @@ two experts without one): the condition dcm packs beside the text reaches the tr
 ``WanImageToVideoPipeline`` builds it, so dcm's guided sampler on the stock schedule reproduces the stock
 pipeline; built as tiny random checkpoints with diffusers' own classes."""
 
-import numpy as np
 import pytest
 import torch
 from tiny_checkpoints import VIDEO_SHAPES, make_tiny_checkpoint, run_stock_wan_pipeline
 
-from conftest import run_dcm_stages, tiny_wan_params
+from conftest import image_prompt_table, random_image, run_dcm_stages, tiny_wan_params
 
 from dcm import flow
 from dcm.models import BackboneError, load_backbone
@@ -17,10 +16,6 @@ from dcm.sampling import stock_sigmas
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROMPT, STEPS, GUIDANCE = "a red circle moving left", 3, 3.0
-
-
-def _image(height: int, width: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
 @pytest.mark.parametrize("kind", ["wan2.1-i2v", "wan2.2-i2v", "wan2.2-ti2v"])
@@ -32,7 +27,7 @@ def test_dcm_samples_an_image_to_video_teacher_exactly_as_the_stock_pipeline(kin
     teacher = load_backbone(checkpoint, "wan")
     frames, height, width = VIDEO_SHAPES[kind]
     shape = teacher.latent_shape(frames, height, width)
-    image = _image(height, width)
+    image = random_image(height, width)
     text, empty = teacher.encode_prompts([PROMPT]), teacher.encode_prompts([""])
     conditioning = teacher.condition_on_images(text, [image], frames)
     assert conditioning.shape[1] > text.shape[1]
@@ -53,7 +48,7 @@ def test_dcm_samples_an_image_to_video_teacher_exactly_as_the_stock_pipeline(kin
     torch.testing.assert_close(x, stock, rtol=1e-4, atol=1e-4)
 
     # the image matters: another image, another video
-    other = teacher.condition_on_images(text, [_image(height, width, seed=1)], frames)
+    other = teacher.condition_on_images(text, [random_image(height, width, seed=1)], frames)
     moved = teacher.guided_velocity(teacher.transformer, other, empty, GUIDANCE)(noise, torch.tensor(0.5))
     assert (moved - velocity(noise, torch.tensor(0.5))).abs().max() > 1e-4
 
@@ -62,7 +57,7 @@ def test_a_text_to_video_checkpoint_takes_no_image_condition(tmp_path):
     teacher = load_backbone(make_tiny_checkpoint("wan", tmp_path / "wan"), "wan")
     frames, height, width = VIDEO_SHAPES["wan"]
     with pytest.raises(BackboneError, match="takes no image condition"):
-        teacher.condition_on_images(teacher.encode_prompts([PROMPT]), [_image(height, width)], frames)
+        teacher.condition_on_images(teacher.encode_prompts([PROMPT]), [random_image(height, width)], frames)
 
 
 def test_a_model_index_naming_a_missing_image_encoder_is_one_line_before_loading(tmp_path, monkeypatch):
@@ -77,18 +72,6 @@ def test_a_model_index_naming_a_missing_image_encoder_is_one_line_before_loading
     with pytest.raises(BackboneError, match=r"WanImageToVideoPipeline .*missing .*image_encoder") as err:
         WanBackbone.from_pretrained(checkpoint)
     assert "\n" not in str(err.value) and not loaded
-
-
-def _prompt_table(folder, size: tuple[int, int], rows=((PROMPT, "red.png", 0), ("a blue square moving up", "blue.png", 1))):
-    """A .csv prompt set pairing each prompt with an image file (paths relative to the table)."""
-    from PIL import Image
-
-    lines = ["text,image"]
-    for text, name, seed in rows:
-        Image.fromarray(_image(size[1], size[0], seed)).save(folder / name)
-        lines.append(f"{text},{name}")
-    (folder / "prompts.csv").write_text("\n".join(lines) + "\n")
-    return folder / "prompts.csv"
 
 
 @pytest.mark.parametrize("kind", ["wan2.2-i2v", "wan2.1-i2v", "wan2.2-ti2v"])
@@ -106,7 +89,7 @@ def test_an_image_to_video_teacher_is_distilled_sampled_and_exported_from_a_prom
 
     checkpoint = make_tiny_checkpoint(kind, tmp_path / "i2v")
     frames, height, width = VIDEO_SHAPES[kind]
-    prompts = _prompt_table(tmp_path, (width, height))
+    prompts = image_prompt_table(tmp_path, (width, height))
     params = tiny_wan_params(checkpoint, kind, prompts, {
         "flow": {"steps": 8}, "boundary": 2,  # shift 17: Wan2.2-I2V's switch (t 900) between grid points 2 and 3
         "sample": {"methods": ["teacher", "dcm"], "steps": [4]}})
@@ -127,7 +110,7 @@ def test_an_image_to_video_teacher_is_distilled_sampled_and_exported_from_a_prom
     assert stock["ran"][0] == "transformer" and stock["ran"][-1] == "transformer_2"
     assert (out / "image_encoder").exists() == (kind == "wan2.1-i2v")
     if kind == "wan2.2-ti2v":  # the first latent frame is the image's latent, as the stock pipeline writes it
-        first = backbone.encode_video(torch.from_numpy(_image(height, width)).permute(2, 0, 1)[None, :, None] / 127.5 - 1)
+        first = backbone.encode_video(torch.from_numpy(random_image(height, width)).permute(2, 0, 1)[None, :, None] / 127.5 - 1)
         torch.testing.assert_close(ours[:, :, :1], first, rtol=1e-5, atol=1e-5)
 
 
@@ -139,7 +122,7 @@ def test_image_to_video_bad_input_is_one_line_before_the_teacher_loads(tmp_path,
     i2v = make_tiny_checkpoint("wan2.2-i2v", tmp_path / "i2v")
     t2v = make_tiny_checkpoint("wan", tmp_path / "t2v")
     frames, height, width = VIDEO_SHAPES["wan2.2-i2v"]
-    table = _prompt_table(tmp_path, (width, height))
+    table = image_prompt_table(tmp_path, (width, height))
     loaded = []
     monkeypatch.setattr("dcm.models.WanBackbone.from_pretrained", lambda *a, **k: loaded.append(a))
     cases = [
@@ -154,7 +137,7 @@ def test_image_to_video_bad_input_is_one_line_before_the_teacher_loads(tmp_path,
         assert "\n" not in str(err.value)
     params = tiny_wan_params(i2v, "wan2.2-i2v", table, {})
     run_teacher(params)
-    _prompt_table(tmp_path, (width + 8, height))  # the images at another size
+    image_prompt_table(tmp_path, (width + 8, height))  # the images at another size
     with pytest.raises(PromptError, match=r"red.png is 40x32; the video is 32x32 .*resize it"):
         run_trajectories(params)
     (tmp_path / "red.png").unlink()

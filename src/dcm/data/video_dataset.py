@@ -152,8 +152,11 @@ class DatasetSpec:
     def for_backbone(cls, backbone: Backbone, frames: int, height: int, width: int, fps: float | None = None,
                      dtype: str = "float16") -> DatasetSpec:
         """The spec of clips ``(frames, height, width)`` encoded by ``backbone`` (one empty prompt is
-        encoded to learn the text shape)."""
-        text_shape = tuple(backbone.encode_prompts([""]).shape[1:])
+        encoded to learn the text shape; an image-to-video model's conditioning also holds the first frame)."""
+        text = backbone.encode_prompts([""])
+        if backbone.condition_channels:
+            text = backbone.condition_on_images(text, [np.zeros((height, width, 3), np.uint8)], frames)
+        text_shape = tuple(text.shape[1:])
         shape = tuple(backbone.latent_shape(frames, height, width))
         return cls(backbone.kind, frames, height, width, None if fps is None else float(fps), shape, text_shape,
                    dtype)
@@ -233,7 +236,12 @@ def _encode_shard(records: list[VideoRecord], backbone: Backbone, spec: DatasetS
                                     f"clips to latents {tuple(lat.shape[1:])}, not its latent_shape {spec.shape}; "
                                     "choose a frame count and size the model's VAE accepts")
         latents.append(lat)
-        embeds.append(backbone.encode_prompts([r.text for r, _ in pending]).to("cpu", dtype))
+        text = backbone.encode_prompts([r.text for r, _ in pending])
+        if backbone.condition_channels:  # image to video: each video's first frame is its image (the release's)
+            firsts = [((clip[:, 0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+                      for _, clip in pending]
+            text = backbone.condition_on_images(text, firsts, spec.frames)
+        embeds.append(text.to("cpu", dtype))
         kept.extend(r for r, _ in pending)
         pending.clear()
 

@@ -43,16 +43,13 @@ def check_inputs(params: Params, stage: str, layout: Layout = Layout()) -> None:
     """Fail before anything is written when the stage's inputs are missing or were made with other
     params: the teacher, the training source (its manifest's spec), the semantic expert under PE."""
     from dcm.data import trajectories, video_dataset
-    from dcm.models import TeacherMismatchError, check_teacher_dir, teacher_expert_boundary, teacher_takes_images
+    from dcm.models import check_teacher_dir, teacher_expert_boundary
 
     plan = StudentPlan.for_stage(stage, params)
     if plan is None:
         return
     check_teacher_dir(layout.teacher_model)
     source = params.distill.source
-    if source == "data" and teacher_takes_images(layout.teacher_model):
-        raise TeacherMismatchError("distill.source = 'data' with an image-to-video teacher is not built yet (the "
-                                   "first frame of each video as its image): use distill.source = 'trajectories'")
     {"trajectories": trajectories, "data": video_dataset}[source].check_manifest(layout.source(source), params)
     switch = teacher_expert_boundary(layout.teacher_model)
     if switch is not None:
