@@ -132,6 +132,20 @@ def load_prompt_images(params: Params, key: str, source: str | None, teacher_dir
     return arrays
 
 
+def load_teacher_for_prompts(params: Params, key: str, teacher_dir: Path):
+    """The teacher in ``teacher_dir``, given the images of the prompt source the param ``key`` names
+    (``trajectories.prompt_file`` or ``sample.prompt_file``) when it is conditioned on images; the images
+    are checked (:func:`load_prompt_images`) before any weight loads."""
+    from dcm.models import load_backbone
+
+    section, field = key.split(".")
+    images = load_prompt_images(params, key, getattr(getattr(params, section), field), teacher_dir)
+    backbone = load_backbone(teacher_dir)
+    if images:
+        backbone.use_images(images, params.model.video_shape(params.world)[0])
+    return backbone
+
+
 def heldout_prompts(source: str | None, videos: int, seed: int, toy_grammar: bool = False) -> tuple[list[str],
                                                                                                    list[int]]:
     """``videos`` prompts (``source`` cycled, or the toy grammar shuffled) with seeds never trained on;

@@ -56,10 +56,10 @@ def timing_groups(params: Params) -> list[tuple[str, ...]]:
 
 def run_sample(params: Params, layout: Layout = Layout()) -> dict:
     """Sample every method on the same held-out prompts and initial noise; time each one."""
-    from dcm.data.prompts import load_prompt_images, sample_items
+    from dcm.data.prompts import load_teacher_for_prompts, sample_items
     from dcm.data.trajectories import latent_shape
     from dcm.io import write_json, write_manifest, write_mp4
-    from dcm.models import check_guidance_scale_2, load_backbone
+    from dcm.models import check_guidance_scale_2
     from dcm.sampling import method_sigmas, sample
     from dcm.students import check_method, load_sampler
     from dcm.tracking import log_metrics
@@ -67,10 +67,7 @@ def run_sample(params: Params, layout: Layout = Layout()) -> dict:
 
     prompts, seeds, names = sample_items(params)
     check_guidance_scale_2(layout.teacher_model, "trajectories.guidance_scale_2", params.trajectories.guidance_scale_2)
-    images = load_prompt_images(params, "sample.prompt_file", params.sample.prompt_file, layout.teacher_model)
-    backbone = load_backbone(layout.teacher_model)
-    if images:
-        backbone.use_images(images, params.model.video_shape(params.world)[0])
+    backbone = load_teacher_for_prompts(params, "sample.prompt_file", layout.teacher_model)
     plan = sample_plan(params)
     # every schedule and every student is checked before any sampling starts ...
     schedules = {(m, k): method_sigmas(m, k, backbone, params) for m, k in plan}

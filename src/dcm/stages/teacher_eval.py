@@ -20,7 +20,7 @@ def run_teacher_eval(params: Params, layout: Layout = Layout()) -> dict[str, flo
     import pandas as pd
     import torch
 
-    from dcm.data.prompts import heldout_prompts, load_prompt_images
+    from dcm.data.prompts import heldout_prompts, load_teacher_for_prompts
     from dcm.data.trajectories import latent_shape
     from dcm.io import write_json, write_manifest, write_mp4
     from dcm.models import check_guidance_scale_2, load_backbone
@@ -36,11 +36,8 @@ def run_teacher_eval(params: Params, layout: Layout = Layout()) -> dict[str, flo
     cfg, toy = params.teacher_eval, params.model.toy_world
     prompts, seeds = heldout_prompts(None if toy else params.sample.prompt_file, cfg.videos, cfg.seed)
     check_guidance_scale_2(layout.teacher_model, "teacher_eval.guidance_scale_2", cfg.guidance_scale_2)
-    images = {} if toy else load_prompt_images(params, "sample.prompt_file", params.sample.prompt_file,
-                                               layout.teacher_model)
-    backbone = load_backbone(layout.teacher_model)
-    if images:
-        backbone.use_images(images, params.model.video_shape(params.world)[0])
+    backbone = load_backbone(layout.teacher_model) if toy else load_teacher_for_prompts(
+        params, "sample.prompt_file", layout.teacher_model)
     teacher = teacher_sampler(backbone, backbone.transformer, params.flow.steps, params.flow.shift, cfg.guidance_scale,
                               cfg.guidance_scale_2)
     shape = latent_shape(params, backbone)

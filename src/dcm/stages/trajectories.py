@@ -9,17 +9,14 @@ from dcm.tracking import stage_run
 
 def run_trajectories(params: Params, layout: Layout = Layout()) -> None:
     """Generate the teacher's ODE trajectories (finished shards are kept and skipped)."""
-    from dcm.data.prompts import load_prompt_images
+    from dcm.data.prompts import load_teacher_for_prompts
     from dcm.data.trajectories import generate, prompt_set
-    from dcm.models import check_guidance_scale_2, check_teacher_dir, load_backbone
+    from dcm.models import check_guidance_scale_2, check_teacher_dir
 
     check_teacher_dir(layout.teacher_model)
     check_guidance_scale_2(layout.teacher_model, "trajectories.guidance_scale_2", params.trajectories.guidance_scale_2)
     prompt_set(params)  # a bad prompt source fails here, before anything is written
-    t = params.trajectories
-    images = load_prompt_images(params, "trajectories.prompt_file", t.prompt_file, layout.teacher_model)
-    backbone = load_backbone(layout.teacher_model)
-    if images:  # an image-to-video teacher: each prompt's image conditions its video
-        backbone.use_images(images, params.model.video_shape(params.world)[0])
+    # an image-to-video teacher: each prompt's image conditions its video
+    backbone = load_teacher_for_prompts(params, "trajectories.prompt_file", layout.teacher_model)
     with stage_run("trajectories", params):
         generate(params, backbone, layout.trajectories)
