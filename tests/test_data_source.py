@@ -111,6 +111,20 @@ def test_every_student_trains_on_the_toy_worlds_rendered_dataset_and_records_its
     assert "dcm@2" in latency
 
 
+def test_shards_of_videos_rendered_again_for_another_world_are_encoded_again(workspace, micro_distill):
+    """The toy renders follow the world params; a shard encoded from the old renders must not be kept."""
+    from dcm.data.video_dataset import load as load_dataset, spec_from_params
+
+    params = with_overrides(micro_distill, {**DATA, "world": {"textures": "periodic"}})
+    run_dataset(params)
+    teacher = load_backbone(Layout().teacher_model)
+    before = load_dataset(Layout().data, spec_from_params(params, teacher)).latents
+    other = with_overrides(params, {"world": {"textures": "random"}})
+    run_dataset(other)
+    after = load_dataset(Layout().data, spec_from_params(other, teacher)).latents
+    assert (after.float() - before.float()).abs().mean() > 0.05
+
+
 @pytest.mark.parametrize("kind", ["wan", "wan2.2-i2v"])
 def test_a_tiny_random_wan_learns_from_a_video_folder_with_a_fidelity_curve(kind, tmp_path, monkeypatch):
     """Text to video, and image to video with each video's first frame as its image (the validation set

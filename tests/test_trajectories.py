@@ -77,6 +77,22 @@ def test_finished_shards_are_skipped_on_rerun(workspace, micro_distill):
     load(OUT, _spec(micro_distill))
 
 
+def test_shards_another_teacher_made_are_made_again(workspace, micro_distill):
+    """A retrained teacher in the same folder: the stage must not keep the old teacher's shards."""
+    from safetensors.torch import load_file, save_file
+
+    run_trajectories(micro_distill)
+    before = load(OUT, _spec(micro_distill)).latents
+    weights = next((TEACHER / "transformer").glob("*.safetensors"))
+    tensors = load_file(str(weights))
+    save_file({name: value * 1.5 if name.startswith("proj_out") else value for name, value in tensors.items()},
+              str(weights), metadata={"format": "pt"})
+    run_trajectories(micro_distill)
+    after = load(OUT, _spec(micro_distill)).latents
+    torch.testing.assert_close(after[:, -1], before[:, -1])  # the same noise
+    assert (after[:, 0].float() - before[:, 0].float()).abs().mean() > 1e-3  # another teacher's samples
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda p: p.write_bytes(p.read_bytes()[:-100]), "truncated"),
     (lambda p: p.write_bytes(p.read_bytes()[:-1] + bytes([p.read_bytes()[-1] ^ 1])), "sha256"),

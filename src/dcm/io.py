@@ -227,6 +227,19 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+def tree_fingerprint(directory: str | Path) -> str:
+    """Hex sha256 of every file under ``directory`` (relative path and contents): a trained teacher's
+    identity, so shards a resumed stage keeps are the ones this teacher made. A real backbone's
+    teacher folder holds only its link (``backbone.json``), so this hashes the path, not the weights."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    root = Path(directory)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + sha256_file(path).encode())
+    return digest.hexdigest()
+
+
 def read_shard(path: Path, entry: dict, manifest_path: Path, verify_hash: bool,
                error: type[Exception]) -> dict[str, torch.Tensor]:
     """A safetensors shard listed in a manifest (``entry``: its ``bytes`` and ``sha256``), checked

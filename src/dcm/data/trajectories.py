@@ -91,13 +91,14 @@ def teacher_trajectory(backbone: Backbone, text: torch.Tensor, empty: torch.Tens
     return torch.stack(points, dim=1)
 
 
-def _shard_is_done(directory: Path, index: int, spec: TrajectorySpec, items: list[tuple[str, int]]) -> bool:
+def _shard_is_done(directory: Path, index: int, spec: TrajectorySpec, items: list[tuple[str, int]],
+                   teacher: str | None) -> bool:
     shard, sidecar = directory / _shard_name(index), directory / f"{_shard_name(index)}.json"
     if not (shard.exists() and sidecar.exists()):
         return False
     meta = json.loads(sidecar.read_text())
     return meta.get("spec") == _jsonable(spec) and meta.get("items") == [list(i) for i in items] \
-        and meta.get("bytes") == shard.stat().st_size
+        and meta.get("teacher") == teacher and meta.get("bytes") == shard.stat().st_size
 
 
 def _jsonable(spec: TrajectorySpec) -> dict:
@@ -114,8 +115,12 @@ def latent_shape(params: Params, backbone: Backbone) -> tuple[int, ...]:
     return tuple(backbone.latent_shape(*params.model.video_shape(params.world)))
 
 
-def generate(params: Params, backbone: Backbone, out_dir: Path, accelerator: Accelerator | None = None) -> Path:
-    """Generate (or finish) the trajectory shards and write the manifest. Returns its path."""
+def generate(params: Params, backbone: Backbone, out_dir: Path, accelerator: Accelerator | None = None, *,
+             teacher: str | None = None) -> Path:
+    """Generate (or finish) the trajectory shards and write the manifest. Returns its path.
+
+    ``teacher`` identifies the teacher (``dcm.io.tree_fingerprint`` of its folder): a shard another
+    teacher made is made again, not kept."""
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     t = params.trajectories
     shape = latent_shape(params, backbone)
@@ -128,7 +133,7 @@ def generate(params: Params, backbone: Backbone, out_dir: Path, accelerator: Acc
     backbone.transformer.to(accelerator.device).eval()
     empty = backbone.encode_prompts([""]).to(accelerator.device)
     mine = [i for i in range(len(shards)) if i % accelerator.num_processes == accelerator.process_index]
-    todo = [i for i in mine if not _shard_is_done(out_dir, i, spec, shards[i])]
+    todo = [i for i in mine if not _shard_is_done(out_dir, i, spec, shards[i], teacher)]
     log.info("trajectories: process %d of %d writes shards %s", accelerator.process_index,
              accelerator.num_processes, mine)
     if len(todo) < len(mine):
@@ -151,7 +156,7 @@ def generate(params: Params, backbone: Backbone, out_dir: Path, accelerator: Acc
         with atomic_path(shard) as tmp:
             save_file({"latents": torch.cat(latents).contiguous(), "prompt_embeds": torch.cat(embeds).contiguous()},
                       str(tmp))
-        write_json(f"{shard}.json", {"spec": _jsonable(spec), "items": [list(i) for i in chunk],
+        write_json(f"{shard}.json", {"spec": _jsonable(spec), "items": [list(i) for i in chunk], "teacher": teacher,
                                      "sha256": sha256_file(shard), "bytes": shard.stat().st_size})
     bar.close()
     accelerator.wait_for_everyone()
@@ -163,7 +168,7 @@ def generate(params: Params, backbone: Backbone, out_dir: Path, accelerator: Acc
             entries.append({"file": _shard_name(index), "count": len(chunk), "sha256": sidecar["sha256"],
                             "bytes": sidecar["bytes"], "prompts": [p for p, _ in chunk], "seeds": [s for _, s in chunk]})
         write_json(manifest, {"spec": _jsonable(spec), "grid_sigmas": [round(float(s), 8) for s in sigmas],
-                              "videos": len(items), "shards": entries})
+                              "videos": len(items), "teacher": teacher, "shards": entries})
     accelerator.wait_for_everyone()
     return manifest
 

@@ -197,12 +197,20 @@ def _rows_of(records: list[VideoRecord]) -> list[list[str]]:
     return [[r.file_name, r.text] for r in records]
 
 
-def _shard_is_done(directory: Path, index: int, spec: DatasetSpec, records: list[VideoRecord]) -> bool:
+def _files_of(records: list[VideoRecord]) -> list[list[int] | None]:
+    """Size and modification time of each video (None if missing): a file rewritten since its shard
+    was encoded (new renders of another world, a re-download) makes the shard be encoded again."""
+    return [[r.path.stat().st_size, r.path.stat().st_mtime_ns] if r.path.is_file() else None for r in records]
+
+
+def _shard_is_done(directory: Path, index: int, spec: DatasetSpec, records: list[VideoRecord],
+                   teacher: str | None) -> bool:
     shard, sidecar = directory / _shard_name(index), directory / f"{_shard_name(index)}.json"
     if not (shard.exists() and sidecar.exists()):
         return False
     meta = json.loads(sidecar.read_text())
     return meta.get("spec") == _jsonable(spec) and meta.get("rows") == _rows_of(records) \
+        and meta.get("files") == _files_of(records) and meta.get("teacher") == teacher \
         and meta.get("bytes") == shard.stat().st_size
 
 
@@ -261,9 +269,12 @@ def _encode_shard(records: list[VideoRecord], backbone: Backbone, spec: DatasetS
 
 
 def encode_dataset(records: list[VideoRecord], backbone: Backbone, spec: DatasetSpec, out_dir: str | Path,
-                   shard_size: int = 16, batch_size: int = 4, accelerator: Accelerator | None = None
-                   ) -> DatasetSummary:
+                   shard_size: int = 16, batch_size: int = 4, accelerator: Accelerator | None = None, *,
+                   teacher: str | None = None) -> DatasetSummary:
     """Encode (or finish encoding) every usable video into shards; write the manifest and ``summary.json``.
+
+    A finished shard is kept only if its videos are unchanged and ``teacher`` (the fingerprint of the
+    folder whose VAE and text encoder encode them, ``dcm.io.tree_fingerprint``) made it.
 
     Raises :class:`VideoDatasetError` when not one video is usable (after writing the summary).
     The backbone's VAE and text encoder run where they are (the existing stages keep them on CPU).
@@ -275,7 +286,7 @@ def encode_dataset(records: list[VideoRecord], backbone: Backbone, spec: Dataset
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = [records[i:i + shard_size] for i in range(0, len(records), shard_size)]
     mine = [i for i in range(len(shards)) if i % accelerator.num_processes == accelerator.process_index]
-    todo = [i for i in mine if not _shard_is_done(out_dir, i, spec, shards[i])]
+    todo = [i for i in mine if not _shard_is_done(out_dir, i, spec, shards[i], teacher)]
     log.info("dataset: process %d of %d writes shards %s", accelerator.process_index, accelerator.num_processes, mine)
     if len(todo) < len(mine):
         log.info("dataset: %d of %d shards of this process already done, skipping them", len(mine) - len(todo),
@@ -288,6 +299,7 @@ def encode_dataset(records: list[VideoRecord], backbone: Backbone, spec: Dataset
         with atomic_path(shard) as tmp:
             save_file(tensors, str(tmp))
         write_json(f"{shard}.json", {"spec": _jsonable(spec), "rows": _rows_of(shards[index]),
+                                     "files": _files_of(shards[index]), "teacher": teacher,
                                      "kept": _rows_of(kept), "skipped": skipped,
                                      "sha256": sha256_file(shard), "bytes": shard.stat().st_size})
     bar.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from dcm.config import Params
-from dcm.io import write_json
+from dcm.io import tree_fingerprint, write_json
 from dcm.layout import Layout
 from dcm.tracking import log_metrics, stage_run
 
@@ -39,7 +39,8 @@ def run_dataset(params: Params, layout: Layout = Layout()) -> dict | None:
     backbone = load_backbone(layout.teacher_model)
     spec = vd.spec_from_params(params, backbone)
     with stage_run("dataset", params):
-        summary = vd.encode_dataset(records, backbone, spec, out, cfg.shard_size, cfg.batch_size)
+        summary = vd.encode_dataset(records, backbone, spec, out, cfg.shard_size, cfg.batch_size,
+                                    teacher=tree_fingerprint(layout.teacher_model))
         log_metrics({"dataset_videos": summary.videos, "dataset_kept": summary.kept,
                      "dataset_skipped": summary.videos - summary.kept})
     return {"videos": summary.videos, "kept": summary.kept, "skipped": summary.skipped}
