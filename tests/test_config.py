@@ -92,14 +92,14 @@ def test_a_key_given_twice_names_the_key_and_both_lines(tmp_path, text, key, lin
 
 def test_a_key_merged_in_with_yaml_merge_may_be_overridden(tmp_path):
     path = tmp_path / "p.yaml"
-    path.write_text("teacher:\n  <<: {lr: 0.1, steps: 5000}\n  lr: 0.2\n")
+    path.write_text("teacher:\n  <<: {lr: 0.1, steps: 9000}\n  lr: 0.2\n")
     assert load_params(path).teacher.lr == 0.2
 
 
 def test_flat_params_use_dotted_keys():
     flat = Params().flat()
     assert flat["teacher.lr"] == Params().teacher.lr
-    assert flat["boundary"] == Params().boundary == 11
+    assert flat["boundary"] == Params().boundary == 12
     assert flat["model.tiny.num_layers"] == Params().model.tiny.num_layers
 
 

@@ -34,7 +34,7 @@ class WorldParams(_Section):
     speed_max: float = Field(1.6, gt=0.0, description="fastest speed, px per frame")
     texture_period: int = Field(4, ge=2, le=16, description="period of stripes and checker, px")
     textures: Literal["periodic", "random"] = Field(
-        "periodic", description="periodic: the seed picks one of texture_period^2 phases (the first world); random: "
+        "random", description="periodic: the seed picks one of texture_period^2 phases (the first world); random: "
         "the seed draws every band or cell, so fine detail is decided only at low noise (dcm.world.render)")
     texture_cell: int = Field(2, ge=1, le=8, description="random textures: width of a band or cell, px")
     edge_start: float | None = Field(None, ge=0.0, description="null: an object starts anywhere its whole path "
@@ -63,7 +63,7 @@ class FlowParams(_Section):
 class TinyModelParams(_Section):
     """The tiny teacher: a diffusers WanTransformer3DModel and a small frozen UMT5 encoder."""
 
-    patch_size: tuple[int, int, int] = (2, 4, 4)
+    patch_size: tuple[int, int, int] = (1, 4, 4)
     num_layers: int = Field(4, ge=1, le=48)
     num_attention_heads: int = Field(4, ge=1)
     attention_head_dim: int = Field(32, ge=8)
@@ -128,13 +128,13 @@ class ModelParams(_Section):
 class TeacherParams(_Section):
     """Teacher training by flow matching (``dcm.teacher``)."""
 
-    steps: int = Field(5500, ge=1, description="optimizer steps")
+    steps: int = Field(8000, ge=1, description="optimizer steps")
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0.0, le=1.0, description="peak learning rate (AdamW)")
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine floor as a fraction of lr")
     warmup_steps: int = Field(250, ge=0)
     restarts: list[Annotated[int, Field(ge=1)]] = Field(
-        [3000], description="steps where the cosine restarts (at restart_lr_ratio of lr) and runs to the next restart "
+        [1500, 5500], description="steps where the cosine restarts (at restart_lr_ratio of lr) and runs to the next restart "
         "or to `steps`: a finished run continues with its last step here, and a run from scratch with the same "
         "list takes exactly the same steps")
     restart_lr_ratio: float = Field(0.35, gt=0.0, le=1.0, description="learning rate at each restart, as a "
@@ -378,7 +378,7 @@ class TrackingParams(_Section):
 class Params(_Section):
     """Everything in ``params.yaml``."""
 
-    boundary: int = Field(11, ge=1, description="grid index splitting the semantic (noise side) and detail experts")
+    boundary: int = Field(12, ge=1, description="grid index splitting the semantic (noise side) and detail experts")
     world: WorldParams = WorldParams()
     flow: FlowParams = FlowParams()
     model: ModelParams = ModelParams()
