@@ -147,6 +147,20 @@ def test_the_few_step_failure_table_sets_the_teachers_own_steps_against_its_full
     assert few_step_failure_table({"teacher@50": scores(0.98, 0.9), "dcm@4": scores(0.9, 0.88)}, "teacher@50") is None
 
 
+def test_the_methods_table_shows_each_methods_detail_and_motion_smoothness():
+    """The two dimensions the experts are for, per method; a real backbone (no toy scores) shows dashes."""
+    from dcm.reporting.tables import methods_table
+
+    metrics = {"teacher@50": {"total": 0.9, "detail": 0.96, "motion_smoothness": 0.73},
+               "dcm@4": {"total": 0.85, "detail": 0.81, "motion_smoothness": 0.69}, "lcm@4": {"total": 0.84}}
+    header, _, teacher, dcm, lcm = methods_table(metrics, "teacher@50").splitlines()
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    cells = [c.strip() for c in dcm.strip("|").split("|")]
+    assert cells[columns.index("detail")] == "0.8100" and cells[columns.index("motion smoothness")] == "0.6900"
+    lcm_cells = [c.strip() for c in lcm.strip("|").split("|")]
+    assert lcm_cells[columns.index("detail")] == "–"
+
+
 def test_the_sources_table_compares_full_dcm_from_each_training_source_with_its_teacher_calls():
     import pandas as pd
 

@@ -42,9 +42,10 @@ def mean_sd(values: list[float], digits: int = 4) -> str:
 
 def methods_table(metrics: dict[str, dict], teacher_key: str) -> str:
     """Table 1 analog: every sampled method and step count with latency and scores (the Total with
-    its 95% bootstrap interval over videos)."""
+    its 95% bootstrap interval over videos), and the two dimensions the experts are for: detail
+    (the detail expert's, low noise) and motion smoothness (the semantic expert's TC loss, high noise)."""
     header = ["method", "steps", "latency (s/video)", "speedup", "Total [95% interval]", "Quality", "Semantic",
-              "PSNR vs teacher", "SSIM vs teacher", "VBench flicker"]
+              "detail", "motion smoothness", "PSNR vs teacher", "SSIM vs teacher", "VBench flicker"]
     rows = []
     for key, m in metrics.items():
         method, steps = key.split("@")
@@ -52,8 +53,8 @@ def methods_table(metrics: dict[str, dict], teacher_key: str) -> str:
         if "total_interval" in m:
             total += " [{:.4f}, {:.4f}]".format(*m["total_interval"])
         rows.append([method, steps, fmt(m.get("latency_s")), fmt(m.get("speedup_vs_teacher"), 1),
-                     total, fmt(m.get("quality")), fmt(m.get("semantic")),
-                     "–" if key == teacher_key else fmt(m.get("psnr_vs_teacher"), 2),
+                     total, fmt(m.get("quality")), fmt(m.get("semantic")), fmt(m.get("detail")),
+                     fmt(m.get("motion_smoothness")), "–" if key == teacher_key else fmt(m.get("psnr_vs_teacher"), 2),
                      "–" if key == teacher_key else fmt(m.get("ssim_vs_teacher")),
                      fmt(m.get("vbench_temporal_flickering"))])
     return table(rows, header)
