@@ -283,7 +283,7 @@ class LaunchParams(_Section):
 class SemanticParams(_Section):
     """Semantic expert: full fine-tune on the noise-side sub-trajectory (stage ``semantic``)."""
 
-    steps: int = Field(600, ge=1)
+    steps: int = Field(500, ge=1)
     lr: float = Field(3e-5, gt=0.0, le=1.0, description="release: 1e-6 for 13B models")
     tc_lag: int = Field(3, ge=1, description="temporal coherence lag in latent frames")
     tc_weight: float = Field(1.0, ge=0.0)
@@ -296,8 +296,8 @@ class SemanticParams(_Section):
 class DetailParams(_Section):
     """Detail expert on the clean-side sub-trajectory (stage ``detail``)."""
 
-    steps: int = Field(400, ge=1)
-    lr: float = Field(1e-4, gt=0.0, le=1.0, description="LoRA / OD learning rate (release: 5e-6)")
+    steps: int = Field(300, ge=1)
+    lr: float = Field(3e-5, gt=0.0, le=1.0, description="LoRA / OD learning rate (release: 5e-6)")
     lora_rank: int = Field(16, ge=1, description="release: 128")
     lora_alpha: float = Field(32.0, gt=0.0, description="release: 256")
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
@@ -317,15 +317,15 @@ class DetailParams(_Section):
 class BaselineParams(_Section):
     """A single-student baseline (stages ``lcm`` and ``pcm``); these defaults are LCM's."""
 
-    steps: int = Field(150, ge=1)
-    lr: float = Field(1e-4, gt=0.0, le=1.0)
+    steps: int = Field(350, ge=1)
+    lr: float = Field(3e-5, gt=0.0, le=1.0)
     phases: int = Field(1, ge=1, description="PCM phases K (LCM is K = 1)")
 
 
 class PcmParams(BaselineParams):
     """The PCM baseline: its own defaults, so a partial ``pcm`` section is completed with PCM's values."""
 
-    steps: int = Field(400, ge=1)
+    steps: int = Field(250, ge=1)
     lr: float = Field(3e-5, gt=0.0, le=1.0)
     phases: int = Field(4, ge=1, description="PCM phases K (LCM is K = 1)")
 
