@@ -32,7 +32,9 @@ def world():
 #: params.yaml scaled down: a smaller transformer, fewer steps, videos and grid points; every other
 #: setting (shift, recipe, targets, guidance, heads) is the production one
 MICRO = {
-    "model": {"tiny": {"num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 16, "ffn_dim": 32,
+    # patch (2, 4, 4): tokens of two frames, half the default's, which keeps the suite within CI's time
+    # (the committed teacher's per-frame tokens: tests/test_teacher.py)
+    "model": {"tiny": {"patch_size": [2, 4, 4], "num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 16, "ffn_dim": 32,
                        "freq_dim": 16, "text_dim": 16, "text_layers": 1, "text_heads": 1}},
     "teacher": {"steps": 6, "restarts": [], "batch_size": 2, "warmup_steps": 2, "checkpoint_every": 3,
                 "eval_every": 6, "eval_prompts": 2, "eval_sample_steps": 2},

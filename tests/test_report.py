@@ -174,10 +174,16 @@ def test_the_sources_table_compares_full_dcm_from_each_training_source_with_its_
 
     params = Params()
     calls = teacher_calls(params, 1)
-    assert calls == {"trajectories": (256 * 50, 0), "data": (0, (600 + 400) * 8)}
+    # trajectories: every video solved on the whole grid before training; data: one guided teacher step
+    # (guidance 1: one call) per training example of the two experts, during training
+    steps = params.semantic.steps + params.detail.steps
+    assert calls == {"trajectories": (params.trajectories.videos * params.flow.steps, 0),
+                     "data": (0, steps * params.distill.batch_size)}
+    assert params.trajectories.guidance_scale == 1.0 and calls["trajectories"][0] > 0 and calls["data"][1] > 0
     frame = pd.DataFrame([run("data", 0, 0.80), run("trajectories", 0, 0.85), run("trajectories", 1, 0.87),
                           run("data", 1, 0.84), run("data", 2, 0.5, od=False)])
     rows = sources_table(frame, calls, boundary=11).splitlines()[2:]
-    assert rows[0].startswith("| trajectories | 0, 1 | 0.8600 ± 0.0141 (n=2) |") and "12,800 + 0 online" in rows[0]
-    assert rows[1].startswith("| data | 0, 1 | 0.8200 ± 0.0283 (n=2) |") and "0 + 8,000 online" in rows[1]
+    assert rows[0].startswith("| trajectories | 0, 1 | 0.8600 ± 0.0141 (n=2) |")
+    assert f"{calls['trajectories'][0]:,} + 0 online" in rows[0]
+    assert rows[1].startswith("| data | 0, 1 | 0.8200 ± 0.0283 (n=2) |") and f"0 + {calls['data'][1]:,} online" in rows[1]
     assert sources_table(frame[frame.source == "data"], calls, boundary=11) is None

@@ -202,3 +202,20 @@ def test_the_sample_loss_is_the_velocity_loss_weighted_by_sigma_squared():
     x0_loss = teacher_mod.teacher_loss(velocity, x_t, x0, noise, sigma, "sample")
     assert v_loss > 0
     assert torch.allclose(x0_loss, 0.25 * v_loss)
+
+
+def test_the_committed_teacher_is_the_default_recipe_with_a_token_per_frame_and_follows_its_prompts():
+    """The teacher `dvc repro` starts from: params.yaml's architecture (one frame per token; the tests'
+    micro models use tokens of two frames to stay fast), and 8-step samples of validation prompts
+    show the prompt's colour and direction."""
+    from conftest import PRODUCTION
+    from dcm.evaluation.samples import score_samples
+    from dcm.teacher.probes import sample_videos
+
+    backbone = load_backbone(Path(__file__).resolve().parents[1] / "artifacts" / "teacher" / "model")
+    assert tuple(backbone.transformer.config.patch_size) == PRODUCTION.model.tiny.patch_size == (1, 4, 4)
+    items = toy_items("validation", 8)
+    videos = sample_videos(backbone, backbone.transformer, items, PRODUCTION, 8,
+                           PRODUCTION.teacher_eval.guidance_scale)
+    scores = score_samples(videos, items, PRODUCTION.world.to_config()).aggregate
+    assert scores["color"] == 1.0 and scores["motion_direction"] == 1.0, scores
