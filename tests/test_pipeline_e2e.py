@@ -95,6 +95,8 @@ def test_repro_writes_the_teacher_and_its_report(repo):
     report = (repo / "reports/report.md").read_text()
     assert "Table 1" in report and "Table 3" in report
     assert "The paper's claims, decided over this run's videos" in report
+    full_dcm = next(line for line in report.splitlines() if line.startswith("| OD+PE+TC+GF |"))
+    assert "(n=1) [" in full_dcm  # this run's Total in Table 3, with its interval over videos
     for figure in ("adjacent_l1.png", "noise_levels_lcm.png", "parameter_change.png", "methods_4step.png",
                    "methods_4step.gif"):
         assert (repo / "reports/figures" / figure).stat().st_size > 500, figure

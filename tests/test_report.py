@@ -94,42 +94,100 @@ def test_claims_about_methods_not_sampled_are_skipped(base):
     assert rows[0][2] == "yes"
 
 
-def test_claims_over_seeds_read_each_seeds_per_video_table_from_mlflow(tmp_path, monkeypatch, base):
-    """`dcm grid seeds` leaves one DVC experiment per seed; the report finds each one's newest evaluate
-    run in MLflow and its per-video table, so the intervals cover seeds and videos."""
+def _log_evaluation(tmp_path, monkeypatch, params, name: str, scores: dict[str, np.ndarray] | None):
+    """What one DVC experiment's evaluate stage leaves in MLflow: the per-video table as an artifact of
+    its evaluate run and the headline Totals on its parent run; ``scores`` None: a killed experiment."""
     import mlflow
     import pandas as pd
 
-    from dcm.config import Params
-    from dcm.evaluation.uncertainty import DIMENSIONS
-    from dcm.reporting.claims import per_video_scores
-    from dcm.reporting.runs import mlflow_runs, per_video_tables
-    from dcm.reporting.tables import newest_per_seed
-    from dcm.tracking import config_tags, stage_run
+    from dcm.evaluation.uncertainty import DIMENSIONS, totals
+    from dcm.tracking import log_headline, stage_run
 
+    monkeypatch.setenv("DVC_EXP_NAME", name)
+    frames = []
+    for key, matrix in (scores or {}).items():
+        frame = pd.DataFrame(matrix, columns=list(DIMENSIONS))
+        frame.insert(0, "key", key)
+        frame.insert(1, "prompt", [f"p{i}" for i in range(len(frame))])
+        frame.insert(2, "seed", range(len(frame)))
+        frames.append(frame)
+    with stage_run("evaluate", params):
+        if frames:
+            pd.concat(frames).to_csv(tmp_path / "videos.csv", index=False)
+            mlflow.log_artifact(str(tmp_path / "videos.csv"))
+            log_headline({f"{key}/total": float(totals(m.mean(0))) for key, m in scores.items()})
+    return frames
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return tmp_path
+
+
+def test_claims_over_seeds_read_each_seeds_per_video_table_from_mlflow(tracking, monkeypatch, base):
+    """`dcm grid seeds` leaves one DVC experiment per seed; the report finds each one's newest finished
+    evaluate run in MLflow and its per-video table, so the intervals cover seeds and videos."""
+    import pandas as pd
+
+    from dcm.config import Params
+    from dcm.reporting.claims import per_video_scores
+    from dcm.reporting.runs import mlflow_runs, per_video_tables
+    from dcm.reporting.tables import newest_per_seed
+    from dcm.tracking import config_tags
+
     world, matrix = base
     logged = {}
     for seed in (0, 1):
         params = Params().with_overrides({"distill": {"seed": seed}})
-        monkeypatch.setenv("DVC_EXP_NAME", f"seed-{seed}")
-        frame = pd.DataFrame(_worse(matrix, 0.01 * seed), columns=list(DIMENSIONS))
-        frame.insert(0, "key", "dcm@4")
-        frame.insert(1, "prompt", [f"p{i}" for i in range(len(frame))])
-        frame.insert(2, "seed", range(len(frame)))
-        frame.to_csv(tmp_path / "videos.csv", index=False)
-        with stage_run("evaluate", params):
-            mlflow.log_artifact(str(tmp_path / "videos.csv"))
-        logged[seed] = frame
+        logged[seed] = _log_evaluation(tracking, monkeypatch, params, f"seed-{seed}", {"dcm@4": _worse(matrix, 0.01 * seed)})[0]
+    _log_evaluation(tracking, monkeypatch, params, "seed-1-killed", None)  # newer, but it never finished
     runs = newest_per_seed(mlflow_runs(params), config_tags(params)["dcm.config"])
-    assert sorted(runs.seed) == [0, 1]
+    assert sorted(runs.seed) == [0, 1] and "seed-1-killed" not in set(runs.experiment)
     tables = per_video_tables(list(runs.run_id))
     by_seed = {int(s): t for s, t in zip(runs.seed, tables, strict=True)}
     for seed, frame in logged.items():
         pd.testing.assert_frame_equal(by_seed[seed][frame.columns], frame, check_dtype=False)
     assert [m.shape for m in per_video_scores(tables)["dcm@4"]] == [matrix.shape, matrix.shape]
+
+
+def test_each_parts_effect_is_paired_over_the_seeds_and_videos_both_of_its_rows_have(tracking, monkeypatch, base):
+    """Table 3 counts only runs of these params with each row's switches (never another boundary's),
+    and the TC row of the effects table is full DCM minus OD+PE+GF on the same seeds and videos."""
+    from dcm.config import Params
+    from dcm.evaluation.uncertainty import DIMENSIONS, totals
+    from dcm.reporting.ablations import ablation_section
+    from dcm.reporting.runs import mlflow_runs
+
+    world, matrix = base
+    params = Params()
+    no_tc = params.with_overrides({"ablation": {"tc": False}})
+    for seed in (0, 1, 2):
+        full = {"dcm@4": _worse(matrix, 0.005 * seed), "dcm@8": _worse(matrix, 0.005 * seed)}
+        _log_evaluation(tracking, monkeypatch, params.with_overrides({"distill": {"seed": seed}}), f"s{seed}", full)
+    for seed in (0, 1):  # TC off: worse by 0.02 on every video's quality dimensions at 4 steps, equal at 8
+        ablated = {"dcm@4": _worse(matrix, 0.005 * seed + 0.02), "dcm@8": _worse(matrix, 0.005 * seed)}
+        _log_evaluation(tracking, monkeypatch, no_tc.with_overrides({"distill": {"seed": seed}}), f"tc-off-s{seed}", ablated)
+    other_boundary = no_tc.with_overrides({"boundary": params.boundary + 2})
+    _log_evaluation(tracking, monkeypatch, other_boundary, "tc-off-b", {"dcm@4": matrix, "dcm@8": matrix})
+
+    text = "\n".join(ablation_section(mlflow_runs(params), params, steps=(4, 8)))
+    table3 = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| OD")}
+    assert set(table3) == {"OD+PE+GF", "OD+PE+TC+GF"}
+    assert "| 0, 1 | tc-off-s0, tc-off-s1 |" in table3["OD+PE+GF"] and "tc-off-b" not in text
+    effects = [line for line in text.splitlines() if line.startswith("| TC |")]
+    assert [row.split(" | ")[2:4] for row in effects] == [["4", "0, 1"], ["8", "0, 1"]]
+    on = np.concatenate([_worse(matrix, 0.0), _worse(matrix, 0.005)])
+    off = np.concatenate([_worse(matrix, 0.02), _worse(matrix, 0.025)])
+    expected = totals(on.mean(0), world) - totals(off.mean(0), world)
+    total, detail = effects[0].split(" | ")[4:6]
+    assert total.startswith(f"{expected:+.4f} [+") and float(total.split("[")[1].split(",")[0]) > 0
+    detail_gap = on[:, DIMENSIONS.index("detail")].mean() - off[:, DIMENSIONS.index("detail")].mean()
+    assert detail.startswith(f"{detail_gap:+.4f}")
+    assert effects[1].split(" | ")[4].startswith("+0.0000 [+0.0000, +0.0000]")  # the same videos: no effect
+    assert not any(line.startswith("| GF |") for line in text.splitlines())  # no OD+PE+TC runs
 
 
 def test_the_few_step_failure_table_sets_the_teachers_own_steps_against_its_full_schedule():

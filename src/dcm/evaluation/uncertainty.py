@@ -36,9 +36,9 @@ def totals(means: np.ndarray, world: WorldConfig | None = None) -> np.ndarray:
     return (4 * group["quality"] + group["semantic"]) / 5
 
 
-def bootstrap_totals(scores: dict[str, list[np.ndarray]], world: WorldConfig | None = None,
-                     resamples: int = 2000, seed: int = 0) -> dict[str, np.ndarray]:
-    """Bootstrap distribution of each method's Total, ``key -> (resamples,)``.
+def bootstrap_means(scores: dict[str, list[np.ndarray]], resamples: int = 2000,
+                    seed: int = 0) -> dict[str, np.ndarray]:
+    """Bootstrap distribution of each method's per-dimension means, ``key -> (resamples, dimensions)``.
 
     ``scores[key]`` holds one :func:`score_matrix` per seed; every key must have the same seeds and
     the same videos per seed (the same prompts and noise), so one draw of seeds and videos serves all.
@@ -54,9 +54,15 @@ def bootstrap_totals(scores: dict[str, list[np.ndarray]], world: WorldConfig | N
     out = {}
     for key, per_seed in scores.items():
         stacked = np.stack(per_seed)  # (seeds, videos, dimensions)
-        drawn = stacked[seed_draw[..., None], video_draw]  # (resamples, seeds, videos, dimensions)
-        out[key] = totals(drawn.mean(axis=(1, 2)), world)
+        out[key] = stacked[seed_draw[..., None], video_draw].mean(axis=(1, 2))  # over (resamples, seeds, videos)
     return out
+
+
+def bootstrap_totals(scores: dict[str, list[np.ndarray]], world: WorldConfig | None = None,
+                     resamples: int = 2000, seed: int = 0) -> dict[str, np.ndarray]:
+    """Bootstrap distribution of each method's Total, ``key -> (resamples,)``, from the draws of
+    :func:`bootstrap_means`."""
+    return {key: totals(means, world) for key, means in bootstrap_means(scores, resamples, seed).items()}
 
 
 def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:

@@ -81,11 +81,13 @@ def _swap_section(swap: list[dict], ideal: dict[str, float]) -> list[str]:
 
 def pipeline_report(metrics: dict[str, dict], teacher_key: str, runs: pd.DataFrame, figures: list[str],
                     params: Params, claims: list[list[str]], claims_basis: str,
-                    intervals: dict[str, str] | None, calls: dict[str, tuple[int, int]]) -> str:
+                    intervals: dict[str, str] | None, calls: dict[str, tuple[int, int]],
+                    ablations: list[str]) -> str:
     """``reports/report.md``: Table 1 over seeds (with the Totals' ``intervals`` over seeds and videos,
     where there are several seeds) and for this run, the paper's ``claims`` decided with their
     intervals (:mod:`dcm.reporting.claims`, on ``claims_basis``), the training sources compared where both
-    have runs (``calls``: each one's teacher calls), Table 3 over seeds, the figures."""
+    have runs (``calls``: each one's teacher calls), Table 3 over seeds with each part's effect
+    (``ablations``: :func:`dcm.reporting.ablations.ablation_section`), the figures."""
     from dcm.tracking import config_tags
 
     videos = next(iter(metrics.values()), {}).get("videos", "–")
@@ -117,8 +119,10 @@ def pipeline_report(metrics: dict[str, dict], teacher_key: str, runs: pd.DataFra
                   "Full DCM learning from each `distill.source` (same student steps; learning rates chosen on the "
                   "validation split), and the teacher transformer calls each costs before and during "
                   "distillation (`docs/data-and-validation.md`).", "", sources, ""]
-    lines += ["## Ablations (paper Table 3 analog)", "", f"At boundary {params.boundary}; {PAPER_TABLE_3}", "",
-              ablation_table(runs, boundary=params.boundary), "", "## Figures", ""]
+    lines += ["## Ablations (paper Table 3 analog)", "",
+              f"These params (boundary {params.boundary}) with each row's switches; each Total is the mean ± sd over "
+              f"the newest run of each seed, then its 95% interval over seeds and videos. {PAPER_TABLE_3}", "",
+              *ablations, "## Figures", ""]
     return "\n".join(lines + figures)
 
 

@@ -81,8 +81,12 @@ def few_step_failure_table(metrics: dict[str, dict], teacher_key: str) -> str | 
 
 
 def newest_per_seed(frame: pd.DataFrame, config: str) -> pd.DataFrame:
-    """The newest run of each seed of this configuration (``dcm.config``: the params but the seed)."""
-    return frame[frame.config == config].drop_duplicates("seed", keep="first") if not frame.empty else frame
+    """The newest finished run of each seed of this configuration (``dcm.config``: the params but the
+    seed); a run still going, failed or killed has no headline metric yet and is passed over."""
+    if frame.empty:
+        return frame
+    finished = frame[[c for c in frame.columns if "/" in c]].notna().any(axis=1)
+    return frame[(frame.config == config) & finished].drop_duplicates("seed", keep="first")
 
 
 def methods_over_seeds(frame: pd.DataFrame, config: str, intervals: dict[str, str] | None = None) -> str:
@@ -132,10 +136,12 @@ def sources_table(frame: pd.DataFrame, calls: dict[str, tuple[int, int]], bounda
     return table(rows, ["distill.source", "seeds", *[f"DCM@{k} Total" for k in steps], "teacher calls"])
 
 
-def ablation_table(frame: pd.DataFrame, steps: tuple[int, ...] = (4, 8), boundary: int | None = None) -> str:
+def ablation_table(frame: pd.DataFrame, steps: tuple[int, ...] = (4, 8), boundary: int | None = None,
+                   intervals: dict[tuple[str, int], str] | None = None) -> str:
     """Table 3 analog: per ablation setting, DCM's Total over the newest run of each seed (mean ±
     sd over the seeds present). ``boundary``: only runs at that boundary; else each setting's most
-    common boundary. ``frame`` comes from :mod:`dcm.reporting.runs` (newest first)."""
+    common boundary. ``intervals``: ``(setting, steps) -> text`` put after a Total.
+    ``frame`` comes from :mod:`dcm.reporting.runs` (newest first)."""
     header = ["setting", "boundary", "seeds", "experiments", *[f"DCM@{k} Total" for k in steps]]
     rows = []
     for label, (od, pe, tc, gf) in ABLATION_ROWS:
@@ -152,6 +158,8 @@ def ablation_table(frame: pd.DataFrame, steps: tuple[int, ...] = (4, 8), boundar
         for k in steps:
             column = f"dcm_{k}/total"
             cells.append(mean_sd(list(newest[column])) if column in newest else "–")
+            if intervals and (label, k) in intervals:
+                cells[-1] += f" {intervals[(label, k)]}"
         rows.append(cells)
     if not rows:
         return "No ablation experiments found: run them with `dcm grid ablations` (or `dvc exp run -S ablation.od=false ...`)."

@@ -116,6 +116,7 @@ def run_report(params: Params, layout: Layout = Layout()) -> None:
     import mlflow
 
     from dcm.io import atomic_write_text
+    from dcm.reporting.ablations import ablation_section
     from dcm.reporting.claims import decide_claims
     from dcm.reporting.documents import pipeline_report
     from dcm.reporting.runs import mlflow_runs
@@ -140,7 +141,8 @@ def run_report(params: Params, layout: Layout = Layout()) -> None:
         text = pipeline_report(metrics, teacher_key, runs, figures, params, claims,
                                f"over {basis.seeds} seeds and their videos" if seeded else "over this run's videos",
                                {key: over_seeds.total(key) for key in over_seeds.boot} if seeded else None,
-                               teacher_calls(params, 2 if params.trajectories.guidance_scale != 1.0 else 1))
+                               teacher_calls(params, 2 if params.trajectories.guidance_scale != 1.0 else 1),
+                               ablation_section(runs, params, params.sample.steps))
         atomic_write_text(layout.report, text)
         mlflow.log_artifact(str(layout.report))
         mlflow.log_artifacts(str(layout.figures), artifact_path="figures")
