@@ -96,7 +96,8 @@ def test_claims_about_methods_not_sampled_are_skipped(base):
 
 def _log_evaluation(tmp_path, monkeypatch, params, name: str, scores: dict[str, np.ndarray] | None):
     """What one DVC experiment's evaluate stage leaves in MLflow: the per-video table as an artifact of
-    its evaluate run and the headline Totals on its parent run; ``scores`` None: a killed experiment."""
+    its evaluate run and the headline Totals on its parent run; ``scores`` None: an experiment killed
+    while it evaluated (its evaluate run failed with part of the headline logged)."""
     import mlflow
     import pandas as pd
 
@@ -111,11 +112,15 @@ def _log_evaluation(tmp_path, monkeypatch, params, name: str, scores: dict[str, 
         frame.insert(1, "prompt", [f"p{i}" for i in range(len(frame))])
         frame.insert(2, "seed", range(len(frame)))
         frames.append(frame)
+    if scores is None:
+        with stage_run("evaluate", params):
+            log_headline({"teacher@50/total": 0.9})
+            mlflow.end_run("KILLED")
+        return frames
     with stage_run("evaluate", params):
-        if frames:
-            pd.concat(frames).to_csv(tmp_path / "videos.csv", index=False)
-            mlflow.log_artifact(str(tmp_path / "videos.csv"))
-            log_headline({f"{key}/total": float(totals(m.mean(0))) for key, m in scores.items()})
+        pd.concat(frames).to_csv(tmp_path / "videos.csv", index=False)
+        mlflow.log_artifact(str(tmp_path / "videos.csv"))
+        log_headline({f"{key}/total": float(totals(m.mean(0))) for key, m in scores.items()})
     return frames
 
 

@@ -18,7 +18,8 @@ from dcm.sampling import METHODS
 
 
 def mlflow_runs(params: Params) -> pd.DataFrame:
-    """One row per DVC experiment (its parent run, newest first): flags, boundary, seed, headline metrics."""
+    """One row per DVC experiment (its parent run, newest first): flags, boundary, seed, headline
+    metrics, and whether its evaluate stage finished (``evaluated``; until then its metrics are partial)."""
     import mlflow
 
     from dcm.tracking import ensure_experiment
@@ -28,6 +29,8 @@ def mlflow_runs(params: Params) -> pd.DataFrame:
                               order_by=["start_time DESC"])
     if runs.empty:
         return runs
+    evaluated = mlflow.search_runs([experiment], filter_string="tags.`dcm.stage` = 'evaluate' and "
+                                   "attributes.status = 'FINISHED'")
     frame = pd.DataFrame({
         "experiment": runs["tags.dvc.exp_name"],
         "od": runs["tags.ablation.od"] == "True", "pe": runs["tags.ablation.pe"] == "True",
@@ -38,6 +41,7 @@ def mlflow_runs(params: Params) -> pd.DataFrame:
         else "trajectories",
         "config": runs["tags.dcm.config"] if "tags.dcm.config" in runs else None,
         "run_id": runs["run_id"],
+        "evaluated": runs["run_id"].isin(set(evaluated.get("tags.mlflow.parentRunId", []))),
     })
     for column in runs.columns:
         if column.startswith(tuple(f"metrics.{m}_" for m in METHODS)):
@@ -69,7 +73,7 @@ def dvc_runs(cwd: Path | None = None) -> pd.DataFrame:
             rev = entry.get("rev", "")
             row = {"experiment": entry.get("name") or (rev if rev == "workspace" else rev[:7]),
                    **{k: params["ablation"][k] for k in ("od", "pe", "tc", "gf")}, "boundary": params["boundary"],
-                   "seed": params.get("distill", {}).get("seed", 0), "config": _config(params)}
+                   "seed": params.get("distill", {}).get("seed", 0), "config": _config(params), "evaluated": True}
             for key, values in metrics.items():
                 for name in ("total", "quality", "semantic", "latency_s"):
                     if name in values:

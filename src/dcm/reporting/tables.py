@@ -80,13 +80,17 @@ def few_step_failure_table(metrics: dict[str, dict], teacher_key: str) -> str | 
                         "Total [95% interval]"])
 
 
+def evaluated(frame: pd.DataFrame) -> pd.DataFrame:
+    """The runs whose evaluation finished: one still going, failed or killed has partial metrics."""
+    return frame[frame.evaluated] if "evaluated" in frame else frame
+
+
 def newest_per_seed(frame: pd.DataFrame, config: str) -> pd.DataFrame:
-    """The newest finished run of each seed of this configuration (``dcm.config``: the params but the
-    seed); a run still going, failed or killed has no headline metric yet and is passed over."""
+    """The newest evaluated run of each seed of this configuration (``dcm.config``: the params but the seed)."""
     if frame.empty:
         return frame
-    finished = frame[[c for c in frame.columns if "/" in c]].notna().any(axis=1)
-    return frame[(frame.config == config) & finished].drop_duplicates("seed", keep="first")
+    frame = evaluated(frame)
+    return frame[frame.config == config].drop_duplicates("seed", keep="first")
 
 
 def methods_over_seeds(frame: pd.DataFrame, config: str, intervals: dict[str, str] | None = None) -> str:
@@ -123,6 +127,7 @@ def sources_table(frame: pd.DataFrame, calls: dict[str, tuple[int, int]], bounda
     :func:`dcm.distill.batches.teacher_calls`). None unless both sources have runs."""
     if frame.empty or "source" not in frame:
         return None
+    frame = evaluated(frame)
     full = frame[frame.od & frame.pe & frame.tc & frame.gf & (frame.boundary == boundary)]
     if set(full.source) < {"trajectories", "data"}:
         return None
@@ -144,6 +149,7 @@ def ablation_table(frame: pd.DataFrame, steps: tuple[int, ...] = (4, 8), boundar
     ``frame`` comes from :mod:`dcm.reporting.runs` (newest first)."""
     header = ["setting", "boundary", "seeds", "experiments", *[f"DCM@{k} Total" for k in steps]]
     rows = []
+    frame = evaluated(frame)
     for label, (od, pe, tc, gf) in ABLATION_ROWS:
         if frame.empty:
             break
