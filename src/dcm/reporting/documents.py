@@ -121,7 +121,8 @@ def pipeline_report(metrics: dict[str, dict], teacher_key: str, runs: pd.DataFra
                   "distillation (`docs/data-and-validation.md`).", "", sources, ""]
     lines += ["## Ablations (paper Table 3 analog)", "",
               f"These params (boundary {params.boundary}) with each row's switches; each Total is the mean ± sd over "
-              f"the newest run of each seed, then its 95% interval over seeds and videos. {PAPER_TABLE_3}", "",
+              f"the newest run of each seed, then its 95% interval over seeds and videos; a row without runs is left "
+              f"out (`dcm grid ablations --seeds 0,1,2` runs all six). {PAPER_TABLE_3}", "",
               *ablations, "## Figures", ""]
     return "\n".join(lines + figures)
 
