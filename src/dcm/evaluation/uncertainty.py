@@ -78,7 +78,8 @@ def decide(margin: np.ndarray, level: float = LEVEL) -> str:
     return YES if lo > 0 else NO if hi < 0 else UNDECIDED
 
 
-def with_interval(value: float, samples: np.ndarray, digits: int = 4) -> str:
-    """``0.8735 [0.8612, 0.8851]``."""
+def with_interval(value: float, samples: np.ndarray, signed: bool = False, digits: int = 4) -> str:
+    """``0.8735 [0.8612, 0.8851]``; ``signed``: ``+0.0058 [+0.0048, +0.0071]`` (a margin or an effect)."""
     lo, hi = interval(samples)
-    return f"{value:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+    form = f"{'+' if signed else ''}.{digits}f"
+    return f"{value:{form}} [{lo:{form}}, {hi:{form}}]"

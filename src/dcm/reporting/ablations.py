@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from dcm.config import Params
-from dcm.evaluation.uncertainty import DIMENSIONS, bootstrap_means, interval, totals
+from dcm.evaluation.uncertainty import DIMENSIONS, bootstrap_means, interval, totals, with_interval
 from dcm.reporting.claims import RESAMPLES, per_video_scores
 from dcm.reporting.runs import per_video_tables
 from dcm.reporting.tables import ABLATION_ROWS, ablation_table, newest_per_seed, table
@@ -46,11 +46,6 @@ def _scores(runs: pd.DataFrame, steps: tuple[int, ...]) -> dict[str, dict[int, n
     return {f"dcm@{k}": dict(zip(runs.seed, scores[f"dcm@{k}"], strict=True)) for k in steps if f"dcm@{k}" in scores}
 
 
-def _with_interval(value: float, samples: np.ndarray, sign: str = "") -> str:
-    lo, hi = interval(samples)
-    return f"{value:{sign}.4f} [{lo:{sign}.4f}, {hi:{sign}.4f}]"
-
-
 def ablation_section(frame: pd.DataFrame, params: Params, steps: tuple[int, ...] = (2, 4, 8)) -> list[str]:
     """The report's Table 3 (mean ± sd over seeds, and each Total's 95% interval over seeds and
     videos) and the paired effect of each part whose two rows both have runs."""
@@ -78,11 +73,12 @@ def ablation_section(frame: pd.DataFrame, params: Params, steps: tuple[int, ...]
             boot = bootstrap_means(pair, RESAMPLES)
             mean_on, mean_off = (np.concatenate(pair[side]).mean(0) for side in ("on", "off"))
             cells = [part, f"{with_it} − {without}", key.split("@")[1], ", ".join(map(str, seeds)),
-                     _with_interval(float(totals(mean_on, world) - totals(mean_off, world)),
-                                    totals(boot["on"], world) - totals(boot["off"], world), "+")]
+                     with_interval(float(totals(mean_on, world) - totals(mean_off, world)),
+                                   totals(boot["on"], world) - totals(boot["off"], world), signed=True)]
             for name in EFFECT_DIMENSIONS:
                 i = DIMENSIONS.index(name)
-                cells.append(_with_interval(float(mean_on[i] - mean_off[i]), boot["on"][:, i] - boot["off"][:, i], "+"))
+                cells.append(with_interval(float(mean_on[i] - mean_off[i]), boot["on"][:, i] - boot["off"][:, i],
+                                           signed=True))
             rows.append(cells)
     if rows:
         lines += ["What each part adds to DCM, paired over the same seeds and videos (its row minus the row "

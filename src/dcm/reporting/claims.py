@@ -14,7 +14,8 @@ import statistics
 import numpy as np
 import pandas as pd
 
-from dcm.evaluation.uncertainty import NO, UNDECIDED, YES, bootstrap_totals, decide, interval, score_matrix, totals
+from dcm.evaluation.uncertainty import (NO, UNDECIDED, YES, bootstrap_totals, decide, interval, score_matrix, totals,
+                                        with_interval)
 from dcm.world.render import WorldConfig
 
 RESAMPLES = 2000
@@ -41,12 +42,10 @@ class Evidence:
 
     def total(self, key: str) -> str:
         """``0.8735 [0.8612, 0.8851]``."""
-        lo, hi = interval(self.boot[key])
-        return f"{self.means[key]:.4f} [{lo:.4f}, {hi:.4f}]"
+        return with_interval(self.means[key], self.boot[key])
 
     def margin(self, samples: np.ndarray, value: float) -> str:
-        lo, hi = interval(samples)
-        return f"{value:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+        return with_interval(value, samples, signed=True)
 
     def ratio_rounds(self, numerator: str, denominator: str, per_step: bool = False) -> np.ndarray | None:
         """Bootstrap distribution (over rounds) of the median per-round time ratio, where both were
